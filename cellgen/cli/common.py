@@ -1,0 +1,38 @@
+"""Option declarations shared by several commands (declared once, used everywhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ConfigOpt = Annotated[
+    Optional[str],
+    typer.Option("--config", "-c", help="Config YAML, or a preset name: plat, cele, filo, demo."),
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config value, e.g. --set model.omega=20 (repeatable)."),
+]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Parallel workers.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo finished work / overwrite.")]
+GpuOpt = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Use GPUs.")]
+AddressOpt = Annotated[
+    Optional[str],
+    typer.Option("--address", help="Join this Ray cluster (host:port or 'auto'); default: embedded local Ray."),
+]
+SizeOpt = Annotated[
+    Optional[str], typer.Option("--size", help="Grid size: one number (cube) or z,y,x, e.g. 256,256,32.")
+]
+
+
+def existing_dir(path: Path, what: str) -> Path:
+    from cellgen.errors import InputDataError
+
+    if not path.exists():
+        raise InputDataError(f"{what} not found", path, "check the path")
+    if not path.is_dir():
+        raise InputDataError(f"{what} is not a folder", path)
+    return path

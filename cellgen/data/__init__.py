@@ -1,0 +1,1 @@
+"""Data: procedural phantoms, masks -> SDF volumes, point shards and their reader."""
