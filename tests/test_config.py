@@ -27,7 +27,7 @@ def test_reference_presets_have_reference_numbers():
 
 
 def test_overrides_parse_yaml_values():
-    c = load_config("demo", ["model.omega=20", "model.hidden_dims=[8, 8]", "generate.size=256,256,32"])
+    c = load_config("demo", ["model.omega=20", "model.hidden_dims=[8, 8]", "model.latent_in=[1]", "generate.size=256,256,32"])
     assert c.model.omega == 20.0
     assert c.model.hidden_dims == [8, 8]
     assert c.generate.size == (256, 256, 32)
