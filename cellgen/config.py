@@ -249,7 +249,11 @@ PRESETS = ("plat", "cele", "filo", "demo")
 
 
 def presets_dir() -> Path:
-    """Where the named presets live: ``configs/`` of the source tree, or the installed copy."""
+    """Where the named presets live: $CELLGEN_CONFIGS, ``configs/`` of the source tree, or the
+    installed copy."""
+    env = os.environ.get("CELLGEN_CONFIGS")
+    if env:
+        return Path(env)
     repo = Path(__file__).resolve().parent.parent / "configs"
     if repo.is_dir():
         return repo
