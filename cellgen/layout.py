@@ -6,6 +6,7 @@ Data directory (written by ``cellgen prepare``)::
       manifest.json            sequences, frame counts, sources, shapes, shards, settings hash
       sdf/<sequence>.h5        dataset sdf_vid float32 (T, Z, Y, X), one gzip chunk per frame
       points/shard_000.h5 ...  sampled points: xyzt (N, 4), sdf (N,), sequence (N,), frames table
+      points/.samples/         per-sequence samples while prepare runs (removed once shards exist)
 
 Experiment directory (written by ``cellgen train`` and later stages)::
 
@@ -72,6 +73,14 @@ class DataDir:
     def shard_files(self) -> list[Path]:
         return sorted(self.points_dir.glob("shard_*.h5"))
 
+    @property
+    def samples_dir(self) -> Path:
+        """Per-sequence point samples that ``prepare`` streams into the shards, then deletes."""
+        return self.points_dir / ".samples"
+
+    def samples_file(self, sequence: str) -> Path:
+        return self.samples_dir / f"{sequence}.h5"
+
 
 _CKPT = re.compile(r"^epoch_(\d{6,})\.pt$")
 
@@ -124,6 +133,11 @@ class ExperimentDir:
     @property
     def ray_dir(self) -> Path:
         return self.root / "ray"
+
+    @property
+    def stop_request(self) -> Path:
+        """Created by the driver on SIGTERM/Ctrl-C; workers checkpoint and stop when it appears."""
+        return self.root / ".stop"
 
     @property
     def reconstructions(self) -> Path:

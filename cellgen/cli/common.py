@@ -36,3 +36,14 @@ def existing_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise InputDataError(f"{what} is not a folder", path)
     return path
+
+
+def option_overrides(section: str, values: dict[str, object]) -> list[str]:
+    """``--set``-style overrides for the command-line options that were given (not None)."""
+    overrides = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        overrides.append(f"{section}.{key}={text}")
+    return overrides
