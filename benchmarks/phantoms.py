@@ -1,0 +1,68 @@
+"""Seconds per phantom frame, per cell line, against baselines measured in the same run.
+
+    .venv/bin/python benchmarks/phantoms.py [--size 256] [--repeat 3]
+
+For each line one frame (the last, the largest) is rendered
+- restricted: every primitive evaluated only inside its bounding box (what cellgen does),
+- whole grid: the same primitives evaluated on every voxel (the baseline; the masks must match),
+and, as yardsticks, one scipy Euclidean distance transform of the frame (``prepare`` needs two
+per frame) and writing the frame as a zlib TIFF (what ``cellgen phantoms`` also does per frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from cellgen.data.phantoms import LINES, Grid, make_phantom
+from cellgen.io import write_mask_tiff
+
+
+def best_time(fn, repeat: int) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256, help="cube side in voxels")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs (restricted)")
+    args = parser.parse_args()
+    size = (args.size,) * 3
+    restricted, whole = Grid(size), Grid(size, restrict=False)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for line in LINES:
+            cell = make_phantom(line, 0, size, seed=0)
+            fast, mask = best_time(lambda: cell.render(restricted, 1.0), args.repeat)
+            slow, reference = best_time(lambda: cell.render(whole, 1.0), 1)
+            edt, _ = best_time(lambda: ndimage.distance_transform_edt(mask), 1)
+            tiff, _ = best_time(lambda: write_mask_tiff(Path(tmp) / f"{line}.tif", mask), 1)
+            same = bool(np.array_equal(mask, reference))
+            rows.append((line, fast, slow, edt, tiff, int(mask.sum()), same))
+
+    print(f"phantom frame at {args.size}^3, seconds (restricted: best of {args.repeat})")
+    columns = [("line", 5), ("restricted", 10), ("whole grid", 10), ("speed-up", 8), ("scipy EDT", 9),
+               ("EDT/render", 10), ("TIFF write", 10), ("voxels", 9), ("same mask", 9)]  # fmt: skip
+    header = " ".join(f"{name:<{width}}" if i == 0 else f"{name:>{width}}" for i, (name, width) in enumerate(columns))
+    print(header)
+    print("-" * len(header))
+    for line, fast, slow, edt, tiff, voxels, same in rows:
+        print(
+            f"{line:<5} {fast:>10.3f} {slow:>10.3f} {slow / fast:>7.1f}x {edt:>9.3f} "
+            f"{edt / fast:>9.1f}x {tiff:>10.3f} {voxels:>9d} {str(same):>9}"
+        )
+
+
+if __name__ == "__main__":
+    main()
