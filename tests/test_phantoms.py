@@ -215,8 +215,8 @@ runner = CliRunner()
 
 def test_cli_writes_phantoms(tmp_path):
     out = tmp_path / "cells"
-    args = ["phantoms", str(out), "--line", "cele", "--n", "2", "--frames", "2", "--size", "16,20,24", "--seed", "3"]
-    result = runner.invoke(app, [*args, "--voxel-size", "2"])
+    args = ["phantoms", str(out), "--line", "cele", "--n", "2", "--frames", "2", "--size", "16,20,24"]
+    result = runner.invoke(app, [*args, "--seed", "3", "--voxel-size", "2"])
     assert result.exit_code == 0, result.output
     assert str(out) in result.stdout
     data = tifffile.imread(out / "seq_001" / "mask_t001.tif")
@@ -247,7 +247,8 @@ def test_cli_bad_input_is_one_line(tmp_path, options, message):
 def test_cli_unwritable_output_is_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    result = runner.invoke(app, ["phantoms", str(blocker / "out"), "--line", "plat", "--n", "1", "--frames", "1"])
+    args = ["phantoms", str(blocker / "out"), "--line", "plat", "--n", "1", "--frames", "1"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "cannot create output folder" in result.stderr
 

@@ -208,7 +208,9 @@ class Grid:
     def empty(self) -> np.ndarray:
         return np.zeros(self.shape, dtype=bool)
 
-    def paint(self, mask: np.ndarray, lo: np.ndarray, hi: np.ndarray, origin: np.ndarray, inside: InsideFn) -> None:
+    def paint(
+        self, mask: np.ndarray, lo: np.ndarray, hi: np.ndarray, origin: np.ndarray, inside: InsideFn
+    ) -> None:
         """``mask |= inside(dx, dy, dz)`` for the voxels of the box [lo, hi] (x, y, z).
 
         ``inside`` gets coordinates relative to ``origin`` as broadcastable arrays of shapes
@@ -454,7 +456,8 @@ class CelePhantom(Phantom):
         widest = radius * max(float(s.max()) for s in self.shapes)
         if blend == 0:  # apart: each daughter alone, in its own small box
             for c, f in zip(centers, fields):
-                grid.paint(mask, c - widest - 1, c + widest + 1, c, lambda dx, dy, dz, f=f: f(dx, dy, dz) <= 0)
+                inside = lambda dx, dy, dz, f=f: f(dx, dy, dz) <= 0  # noqa: E731
+                grid.paint(mask, c - widest - 1, c + widest + 1, c, inside)
             return mask
         half = self.axis * distance / 2
         h = [np.float32(v) for v in half]
@@ -703,7 +706,9 @@ def _check_voxel_size(voxel_size: Sequence[float]) -> VoxelSize:
     values = tuple(float(v) for v in voxel_size)
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         shown = ",".join(str(v) for v in voxel_size)
-        raise ConfigError("voxel size must be 3 positive numbers (z, y, x)", shown, "e.g. --voxel-size 1,0.5,0.5")
+        raise ConfigError(
+            "voxel size must be 3 positive numbers (z, y, x)", shown, "e.g. --voxel-size 1,0.5,0.5"
+        )
     return values  # type: ignore[return-value]
 
 
