@@ -47,3 +47,22 @@ def option_overrides(section: str, values: dict[str, object]) -> list[str]:
         text = str(value).lower() if isinstance(value, bool) else str(value)
         overrides.append(f"{section}.{key}={text}")
     return overrides
+
+
+def parse_voxel_size(text: str | None) -> tuple[float, float, float] | None:
+    """``"2,0.5,0.5"`` -> (2.0, 0.5, 0.5) (z, y, x); one number means isotropic; None stays None."""
+    from cellgen.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or not all(v > 0 for v in values):
+        raise ConfigError(
+            "--voxel-size must be one positive number or three (z,y,x)", text, "e.g. --voxel-size 2,0.5,0.5"
+        )
+    return (values[0], values[1], values[2])

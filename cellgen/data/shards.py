@@ -16,6 +16,7 @@ Point data are stored uncompressed in large chunks: reading a frame is one conti
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,28 +43,52 @@ class FramePoints:
 
 def write_shard(path: str | os.PathLike[str], frames: Sequence[FramePoints], shard: int, settings_hash: str) -> None:
     """Write one shard atomically from a list of frames."""
-    counts = np.array([len(f.sdf) for f in frames], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(frames) else np.zeros(0, np.int64)
-    n = int(counts.sum())
-    table = np.zeros((len(frames), 4), dtype=np.int64)
-    for i, f in enumerate(frames):
-        table[i] = (f.sequence, f.frame, starts[i], counts[i])
+    n = sum(len(f.sdf) for f in frames)
+    with shard_writer(path, shard, settings_hash, n) as writer:
+        for f in frames:
+            writer.add(f)
+
+
+class ShardWriter:
+    """Fills one shard frame by frame, so only one frame's points are in memory at a time."""
+
+    def __init__(self, h5: h5py.File, n_points: int):
+        rows = min(n_points, _CHUNK_ROWS) or None  # an empty shard cannot be chunked
+        self._xyzt = h5.create_dataset("xyzt", shape=(n_points, 4), dtype="f4", chunks=rows and (rows, 4))
+        self._sdf = h5.create_dataset("sdf", shape=(n_points,), dtype="f4", chunks=rows and (rows,))
+        self._sequence = h5.create_dataset("sequence", shape=(n_points,), dtype="i4", chunks=rows and (rows,))
+        self.n_points = n_points
+        self.rows: list[tuple[int, int, int, int]] = []
+        self.written = 0
+
+    def add(self, frame: FramePoints) -> None:
+        a, b = self.written, self.written + len(frame.sdf)
+        if b > self.n_points:
+            raise ValueError(f"shard declared {self.n_points} points, got more")
+        self._xyzt[a:b] = frame.xyzt
+        self._sdf[a:b] = frame.sdf
+        self._sequence[a:b] = frame.sequence
+        self.rows.append((frame.sequence, frame.frame, a, b - a))
+        self.written = b
+
+
+@contextlib.contextmanager
+def shard_writer(
+    path: str | os.PathLike[str], shard: int, settings_hash: str, n_points: int
+) -> Iterator[ShardWriter]:
+    """A ``ShardWriter`` for exactly ``n_points`` points; the shard appears at ``path`` only when
+    the block ends without error and every point was written."""
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as h5:
-            chunk = (min(max(n, 1), _CHUNK_ROWS),)
-            xyzt = h5.create_dataset("xyzt", shape=(n, 4), dtype="f4", chunks=(chunk[0], 4))
-            sdf = h5.create_dataset("sdf", shape=(n,), dtype="f4", chunks=chunk)
-            seq = h5.create_dataset("sequence", shape=(n,), dtype="i4", chunks=chunk)
-            for i, f in enumerate(frames):
-                a, b = int(starts[i]), int(starts[i] + counts[i])
-                xyzt[a:b] = f.xyzt
-                sdf[a:b] = f.sdf
-                seq[a:b] = f.sequence
-            h5.create_dataset("frames", data=table)
+            writer = ShardWriter(h5, n_points)
+            yield writer
+            if writer.written != n_points:
+                raise ValueError(f"shard declared {n_points} points, got {writer.written}")
+            h5.create_dataset("frames", data=np.array(writer.rows, dtype=np.int64).reshape(-1, 4))
             h5.attrs["shard"] = shard
             h5.attrs["settings_hash"] = settings_hash
-            h5.attrs["n_points"] = n
-            h5.attrs["n_frames"] = len(frames)
+            h5.attrs["n_points"] = n_points
+            h5.attrs["n_frames"] = len(writer.rows)
 
 
 def read_frames_table(path: str | os.PathLike[str]) -> np.ndarray:
