@@ -1,0 +1,1 @@
+"""``cellgen generate``: latent and rotation sampling, voxelization, the Ray actor pool, writers."""
