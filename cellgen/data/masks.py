@@ -18,6 +18,7 @@ many writers put a meaningless 72 dpi there.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -241,6 +242,10 @@ def _open_tiff(path: Path) -> Iterator[Any]:
     """An open ``tifffile.TiffFile``; any failure to read it becomes one ``InputDataError``."""
     import tifffile
 
+    # tifffile logs what it finds wrong in a file; that becomes our one-line error instead.
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
     try:
         with tifffile.TiffFile(path) as tif:
             yield tif
@@ -250,6 +255,8 @@ def _open_tiff(path: Path) -> Iterator[Any]:
         raise InputDataError("file not found", path) from None
     except Exception as err:  # tifffile raises many types for corrupt files
         raise InputDataError("cannot read TIFF", path, f"{type(err).__name__}: {err}; is the file complete?") from None
+    finally:
+        log.setLevel(level)
 
 
 def _header(tif: Any, path: Path) -> TiffHeader:
