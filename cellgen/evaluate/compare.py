@@ -117,7 +117,8 @@ def compare_grid(shapes: Iterable[tuple[int, int, int]], max_side: int) -> tuple
     shapes = list(shapes)
     if not shapes:
         raise ValueError("no shapes")
-    return tuple(min(max_side, min(s[axis] for s in shapes)) for axis in range(3))  # type: ignore[return-value]
+    z, y, x = (min(max_side, min(s[axis] for s in shapes)) for axis in range(3))
+    return (z, y, x)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ class CompactSequence:
     def from_frames(cls, name: str, frames: Iterable[np.ndarray], shape: tuple[int, int, int]) -> CompactSequence:
         packed = [np.packbits(resample_nearest(f, shape).ravel()) for f in frames]
         bits = np.stack(packed)
-        return cls(name, tuple(shape), bits, np.bitwise_count(bits).sum(axis=1))  # type: ignore[arg-type]
+        z, y, x = shape
+        return cls(name, (z, y, x), bits, np.bitwise_count(bits).sum(axis=1))
 
     @property
     def n_frames(self) -> int:
