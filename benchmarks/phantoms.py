@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,9 @@ from cellgen.data.phantoms import LINES, Grid, make_phantom
 from cellgen.io import write_mask_tiff
 
 
-def best_time(fn, repeat: int) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def seconds(fn, repeat: int = 1) -> float:
+    """Best wall time of ``repeat`` calls."""
+    return min(timeit.repeat(fn, number=1, repeat=repeat))
 
 
 def main() -> None:
@@ -46,12 +42,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for line in LINES:
             cell = make_phantom(line, 0, size, seed=0)
-            fast, mask = best_time(lambda: cell.render(restricted, 1.0), args.repeat)
-            slow, reference = best_time(lambda: cell.render(whole, 1.0), 1)
-            if edt is None:
-                edt, _ = best_time(lambda: ndimage.distance_transform_edt(mask), 1)
-            tiff, _ = best_time(lambda: write_mask_tiff(Path(tmp) / f"{line}.tif", mask), 1)
+            mask, reference = cell.render(restricted, 1.0), cell.render(whole, 1.0)
             same = bool(np.array_equal(mask, reference))
+            fast = seconds(lambda: cell.render(restricted, 1.0), args.repeat)
+            slow = seconds(lambda: cell.render(whole, 1.0))
+            if edt is None:
+                edt = seconds(lambda: ndimage.distance_transform_edt(mask))
+            tiff = seconds(lambda: write_mask_tiff(Path(tmp) / f"{line}.tif", mask))
             rows.append((line, fast, slow, edt, tiff, int(mask.sum()), same))
 
     print(f"phantom frame at {args.size}^3, seconds (restricted: best of {args.repeat})")
