@@ -83,3 +83,17 @@ def test_resolved_config_round_trips(tmp_path):
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config("demo", ["model.omega"])
+
+
+def test_atomic_files_get_the_usual_mode(tmp_path):
+    import os
+    import stat
+
+    from cellgen.io import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
