@@ -149,3 +149,23 @@ def test_surface_distances_of_a_shifted_ball():
     same = pair_metrics(a, a)
     assert same == {"dice": 1.0, "iou": 1.0, "hausdorff": 0.0, "hausdorff95": 0.0, "mean_surface_distance": 0.0}
     assert math.isinf(surface_distances(a, np.zeros_like(a))["hausdorff"])
+
+
+def test_descriptors_tell_the_phantom_lines_apart():
+    """The procedural cell lines differ where they should: cele divides, filo is least solid."""
+    from cellgen.data.phantoms import phantom_sequence
+
+    found = {}
+    for line in ("plat", "cele", "filo"):
+        frames = list(phantom_sequence(line, 0, 4, (40, 40, 40), 0))
+        rows = [D.frame_descriptors(f) for f in frames]
+        temporal = D.sequence_descriptors(
+            [r["volume"] for r in rows],
+            [r["components"] for r in rows],
+            [dice(a, b) for a, b in zip(frames, frames[1:])],
+        )
+        found[line] = (rows, temporal)
+    assert found["cele"][1]["divisions"] == 1 and found["plat"][1]["divisions"] == 0
+    assert found["filo"][0][-1]["solidity"] < found["plat"][0][-1]["solidity"] - 0.2
+    assert found["filo"][0][-1]["sphericity"] < found["plat"][0][-1]["sphericity"]
+    assert all(0 < t["change"] < 0.5 for _, t in found.values())

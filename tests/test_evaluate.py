@@ -251,16 +251,20 @@ def test_4d_tiff_input_and_rerun_uses_the_cache(tmp_path):
     assert changed == [True, False, False]
 
 
-def _fail_on_two(value: int) -> int:
-    if value == 2:
-        raise InputDataError("cannot use sequence", value, "fix it")
-    return value * 10
+def test_parallel_results_keep_task_order():
+    assert run_parallel(abs, [-3, 1, -2, 0], 2, [1, 1, 1, 1], "test") == [3, 1, 2, 0]
 
 
-def test_worker_errors_reach_the_caller_as_the_same_user_error():
-    assert run_parallel(_fail_on_two, [0, 1, 3], 2, [1, 1, 1], "test") == [0, 10, 30]
-    with pytest.raises(InputDataError, match="cannot use sequence: 2"):
-        run_parallel(_fail_on_two, [0, 1, 2, 3], 2, [1, 1, 1, 1], "test")
+def test_a_corrupt_frame_read_in_a_worker_is_one_user_error(tmp_path):
+    real = write_set(tmp_path / "real", [0, 1], frames=3)
+    broken = real / "seq_001" / "mask_t001.tif"
+    data = bytearray(broken.read_bytes())
+    middle = len(data) // 2  # the compressed pixels; the header still reads fine
+    data[middle : middle + 64] = bytes(64)
+    broken.write_bytes(bytes(data))
+    with pytest.raises(InputDataError, match="mask_t001.tif"):
+        evaluate(real, real, tmp_path / "out", workers=2)
+    assert not (tmp_path / "out" / "summary.json").exists()
 
 
 # --------------------------------------------------------------------------------------------

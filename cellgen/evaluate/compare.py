@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 NEAR_COPY_DICE = 0.95
 """A synthetic sequence whose nearest real sequence reaches this mean Dice is flagged a near copy."""
@@ -37,10 +36,12 @@ def finite(values: Sequence[float]) -> np.ndarray:
 
 def normalised_wasserstein(real: Sequence[float], synthetic: Sequence[float]) -> tuple[float, float]:
     """(W1 distance, W1 / std of the real values); NaN when either sample is empty."""
+    from scipy.stats import wasserstein_distance  # scipy.stats takes seconds to import
+
     real_v, synth_v = finite(real), finite(synthetic)
     if len(real_v) == 0 or len(synth_v) == 0:
         return math.nan, math.nan
-    distance = float(stats.wasserstein_distance(real_v, synth_v))
+    distance = float(wasserstein_distance(real_v, synth_v))
     scale = float(real_v.std())
     if scale == 0.0:
         scale = float(np.concatenate([real_v, synth_v]).std())
@@ -51,10 +52,12 @@ def normalised_wasserstein(real: Sequence[float], synthetic: Sequence[float]) ->
 
 def ks_statistic(real: Sequence[float], synthetic: Sequence[float]) -> tuple[float, float]:
     """(KS statistic, p-value) of the two-sample test; NaN when either sample is empty."""
+    from scipy.stats import ks_2samp
+
     real_v, synth_v = finite(real), finite(synthetic)
     if len(real_v) == 0 or len(synth_v) == 0:
         return math.nan, math.nan
-    result = stats.ks_2samp(real_v, synth_v)
+    result = ks_2samp(real_v, synth_v)
     return float(result.statistic), float(result.pvalue)
 
 

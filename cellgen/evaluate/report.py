@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import math
+import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -349,7 +350,10 @@ class PairTask:
 
 
 def analyse_pair(task: PairTask) -> list[dict[str, Any]]:
-    """Dice, IoU and surface distances of every frame of two same-named sequences."""
+    """Dice, IoU and surface distances of every frame of two same-named sequences.
+
+    Distances use ``task.voxel_size``: --voxel-size, else the REAL sequence's metadata.
+    """
     rows = []
     for t in range(task.real.n_frames):
         a = task.real.read_frame(t) != 0
@@ -418,7 +422,9 @@ def run_parallel(
                 results[i] = fn(task)
                 progress.advance(bar, weights[i])
             return results
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+        # spawn, not fork: the parent may hold threads (Ray, progress bars) that fork would copy mid-lock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
             pending = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_EXCEPTION)
