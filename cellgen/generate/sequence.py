@@ -12,7 +12,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -183,7 +182,13 @@ class SequenceRenderer:
             write_sdf = None
             if need_sdf:
                 write_sdf = stack.enter_context(
-                    sdf_video_writer(sdf_path(seq), len(settings.times), settings.size, list(settings.times))
+                    sdf_video_writer(
+                        sdf_path(seq),
+                        len(settings.times),
+                        settings.size,
+                        list(settings.times),
+                        exact="everywhere" if settings.voxelizer == "dense" else "voxels next to the surface",
+                    )
                 )
             for count, frame in enumerate(frames):
                 fn = sdf_function(self.decoder, code, rotation, settings.times[frame])

@@ -46,11 +46,13 @@ def write_preview(path: Path, projections: list[np.ndarray]) -> None:
 
 @contextlib.contextmanager
 def sdf_video_writer(
-    path: Path, frames: int, shape: tuple[int, int, int], times: list[float]
+    path: Path, frames: int, shape: tuple[int, int, int], times: list[float], exact: str = "everywhere"
 ) -> Iterator[Callable[[int, np.ndarray], None]]:
     """``sdf.h5`` frame by frame: yields ``write(frame, sdf)``. Dataset ``sdf_vid`` float32
-    (T, Z, Y, X), gzip, one chunk per frame (the format of ``cellgen prepare``); the file
-    appears only when the block ends without error and every frame was written."""
+    (T, Z, Y, X), gzip, one chunk per frame (the format of ``cellgen prepare``); attribute
+    ``exact`` says where the values are the network's (the adaptive voxelizer fills blocks away
+    from the surface with their centre's value). The file appears only when the block ends
+    without error and every frame was written."""
     import h5py
 
     written = np.zeros(frames, dtype=bool)
@@ -60,6 +62,7 @@ def sdf_video_writer(
                 SDF_DATASET, shape=(frames, *shape), dtype="float32", chunks=(1, *shape), compression="gzip"
             )
             data.attrs["times"] = np.asarray(times, dtype=np.float64)
+            data.attrs["exact"] = exact
 
             def write(frame: int, sdf: np.ndarray) -> None:
                 data[frame] = np.asarray(sdf, dtype=np.float32)
