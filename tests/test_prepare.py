@@ -17,8 +17,10 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from cellgen.cli import app
+from cellgen.data.masks import discover_sequences, select_frames
 from cellgen.data.sdf import frame_time
 from cellgen.data.shards import ShardReader, read_frames_table
+from cellgen.errors import InputDataError
 from cellgen.io import write_mask_tiff
 from cellgen.layout import DataDir
 
@@ -202,6 +204,27 @@ def test_phantom_cells_keep_both_daughters_unless_largest_only(tmp_path):
             last = h5["sdf_vid"][-1] <= 0
         components[bool(flag)] = ndimage.label(last, np.ones((3, 3, 3)))[1]
     assert components == {False: 2, True: 1}
+
+
+def test_discovery_orders_frames_by_time_number_and_skips_projections(tmp_path):
+    for f in (0, 2, 10):
+        write_mask_tiff(tmp_path / "cell" / f"mask_t{f}.tif", ellipsoid(0, f % 4))
+        write_mask_tiff(tmp_path / "cell" / f"mip_t{f}.tif", ellipsoid(0, 0).max(axis=0))
+    (sequence,) = discover_sequences(tmp_path)
+    assert [p.name for p in sequence.sources] == ["mask_t0.tif", "mask_t2.tif", "mask_t10.tif"]
+    assert sequence.frame_shape == (SIDE, SIDE, SIDE) and sequence.voxel_size == (1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(sequence.read_frame(2) > 0, ellipsoid(0, 2))
+    with pytest.raises(InputDataError, match="ONE sequence"):
+        discover_sequences(tmp_path / "cell")
+
+
+def test_max_frames_subsamples_evenly(tmp_path):
+    masks = write_masks(tmp_path / "masks", n_seq=1, n_frames=7)
+    result = run(masks, tmp_path / "data", "--set", "data.max_frames=3")
+    assert result.exit_code == 0, result.output
+    entry = json.loads(DataDir(tmp_path / "data").manifest.read_text())["sequences"][0]
+    assert entry["frames"] == 3 and entry["source_frames"] == [0, 3, 6]
+    assert select_frames(5, None) == [0, 1, 2, 3, 4] and select_frames(5, 1) == [0]
 
 
 # --------------------------------------------------------------------------------------------

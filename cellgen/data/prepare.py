@@ -108,20 +108,29 @@ def prepare(
     work = to_compute + to_resample
     with progress_bar("preparing frames", sum(len(j.frames) for j in work), progress) as advance:
         _run_jobs(work, cfg.workers, advance)
-    result = PrepareResult(
-        manifest={},
+    with progress_bar("writing shards", sum(len(j.frames) for j in jobs), progress) as advance:
+        manifest = _assemble(masks, layout, jobs, cfg, settings_hash, advance)
+    write_json_atomic(layout.manifest, manifest)
+    for job in jobs:
+        job.samples_file.unlink(missing_ok=True)
+    return PrepareResult(
+        manifest,
         computed=sorted(computing),
         resampled=sorted(j.sequence.name for j in to_resample),
         up_to_date=sorted(j.sequence.name for j in jobs if j.sequence.name not in computing),
         shards_rebuilt=True,
     )
 
+
+def _assemble(
+    masks: Path, layout: DataDir, jobs: Sequence[SequenceJob], cfg: DataConfig, settings_hash: str, advance: Progress
+) -> dict[str, Any]:
+    """Write the shards from the finished sequences and return the manifest describing DATA."""
     records = [_sequence_record(layout, j) for j in jobs]
     n_points = points_per_frame(cfg.size, cfg.sample_fraction)
-    with progress_bar("writing shards", sum(r["frames"] for r in records), progress) as advance:
-        shards = _write_shards(layout, jobs, records, cfg.shards, settings_hash, n_points, advance)
+    shards = _write_shards(layout, jobs, records, cfg.shards, settings_hash, n_points, advance)
     factors = [f for r in records for f in r["norm_factors"]]
-    result.manifest = {
+    return {
         "format": FORMAT,
         "cellgen_version": __version__,
         "masks": str(masks.resolve()),
@@ -136,10 +145,6 @@ def prepare(
         "sequences": records,
         "shards": shards,
     }
-    write_json_atomic(layout.manifest, result.manifest)
-    for job in jobs:
-        job.samples_file.unlink(missing_ok=True)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
