@@ -20,6 +20,7 @@ streaming its frames one at a time, so memory is a few frames per worker.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -114,7 +115,7 @@ def evaluate(
         for seq in sets[set_name]
     ]
     results: list[SequenceResult] = run_parallel(
-        analyse_sequence_cached if not force else analyse_sequence,
+        functools.partial(analyse_sequence_cached, reuse=not force),
         tasks,
         workers,
         weights=[t.sequence.n_frames for t in tasks],
@@ -201,9 +202,10 @@ def analyse_sequence(task: SequenceTask) -> SequenceResult:
     return SequenceResult(task.set_name, seq.name, task.voxel_size, shape, rows, temporal, compact)
 
 
-def analyse_sequence_cached(task: SequenceTask) -> SequenceResult:
-    """``analyse_sequence``, reusing the cached result when the sequence's files are unchanged."""
-    cached = _load_cached(task)
+def analyse_sequence_cached(task: SequenceTask, reuse: bool = True) -> SequenceResult:
+    """``analyse_sequence``, reusing the cached result when the sequence's files are unchanged
+    (unless ``reuse`` is False); a fresh result replaces the cached one."""
+    cached = _load_cached(task) if reuse else None
     if cached is not None:
         return cached
     result = analyse_sequence(task)
