@@ -64,6 +64,10 @@ class MaskSequence:
     frame_shape: tuple[int, int, int]
     """(Z, Y, X) of every frame."""
 
+    def file_of(self, frame: int) -> Path:
+        """The file that holds frame ``frame``."""
+        return self.sources[frame] if len(self.sources) == self.n_frames else self.sources[0]
+
     def source_of(self, frame: int) -> str:
         """Where frame ``frame`` comes from, for messages: a file, or 'file frame t'."""
         if len(self.sources) == self.n_frames:

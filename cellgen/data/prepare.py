@@ -18,6 +18,7 @@ The steps, each reading what the one before wrote (the paths are cellgen.layout.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import queue
@@ -51,7 +52,8 @@ UNHASHED_KEYS = ("workers",)
 
 _GZIP_LEVEL = 1  # ~2x faster than h5py's default 4 on SDF volumes, ~20 % larger files
 
-Progress = Callable[[int], None]
+Advance = Callable[[int], None]
+"""Called with the number of frames just finished (drives the progress bar)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def prepare(
     # DATA is about to change: without a manifest it reads as "not prepared" until we finish.
     layout.manifest.unlink(missing_ok=True)
     computing = {j.sequence.name for j in to_compute}
-    to_resample = [_with_mode(j, "resample") for j in jobs if j.sequence.name not in computing and not _samples_valid(j)]
+    to_resample = [dataclasses.replace(j, mode="resample") for j in jobs if j.sequence.name not in computing and not _samples_valid(j)]
     work = to_compute + to_resample
     with progress_bar("preparing frames", sum(len(j.frames) for j in work), progress) as advance:
         _run_jobs(work, cfg.workers, advance)
@@ -123,7 +125,7 @@ def prepare(
 
 
 def _assemble(
-    masks: Path, layout: DataDir, jobs: Sequence[SequenceJob], cfg: DataConfig, settings_hash: str, advance: Progress
+    masks: Path, layout: DataDir, jobs: Sequence[SequenceJob], cfg: DataConfig, settings_hash: str, advance: Advance
 ) -> dict[str, Any]:
     """Write the shards from the finished sequences and return the manifest describing DATA."""
     records = [_sequence_record(layout, j) for j in jobs]
@@ -192,10 +194,6 @@ def _job(masks: Path, layout: DataDir, cfg: DataConfig, index: int, seq: MaskSeq
     )
 
 
-def _with_mode(job: SequenceJob, mode: Literal["compute", "resample"]) -> SequenceJob:
-    return SequenceJob(**{**job.__dict__, "mode": mode})
-
-
 def _check_existing(job: SequenceJob) -> bool:
     """True when the sequence's sdf file is complete and current; refuses a file made otherwise."""
     if not job.sdf_file.exists():
@@ -252,7 +250,7 @@ def _as_list(voxel_size: VoxelSize | None) -> list[float] | None:
 # --------------------------------------------------------------------------------------------
 
 
-def run_job(job: SequenceJob, advance: Progress = lambda n: None) -> None:
+def run_job(job: SequenceJob, advance: Advance = lambda n: None) -> None:
     """Compute (or re-sample) one sequence, frame by frame; files appear only when complete."""
     try:
         if job.mode == "compute":
@@ -265,7 +263,7 @@ def run_job(job: SequenceJob, advance: Progress = lambda n: None) -> None:
         raise OutputError("cannot write prepared data", job.sdf_file.parent, f"{err}") from None
 
 
-def _compute(job: SequenceJob, advance: Progress) -> None:
+def _compute(job: SequenceJob, advance: Advance) -> None:
     cfg, seq = job.cfg, job.sequence
     n_frames = len(job.frames)
     zoom = isotropic_zoom(job.voxel_size, cfg.scale)
@@ -282,7 +280,7 @@ def _compute(job: SequenceJob, advance: Progress) -> None:
                 compression_opts=_GZIP_LEVEL,
             )
             for f, source_frame in enumerate(job.frames):
-                where = f"{seq.name} frame {source_frame} ({seq.source_of(source_frame)})"
+                where = f"{seq.name} frame {source_frame} ({seq.file_of(source_frame)})"
                 result = frame_sdf(seq.read_frame(source_frame), cfg, zoom, where)
                 sdf_vid[f] = result.sdf
                 factors.append(result.factor)
@@ -291,7 +289,7 @@ def _compute(job: SequenceJob, advance: Progress) -> None:
             _write_sdf_attrs(sdf_h5, job, factors)
 
 
-def _resample(job: SequenceJob, advance: Progress) -> None:
+def _resample(job: SequenceJob, advance: Advance) -> None:
     with atomic_path(job.samples_file) as samples_tmp:
         with h5py.File(samples_tmp, "w") as samples_h5, h5py.File(job.sdf_file, "r") as sdf_h5:
             sdf_vid = sdf_h5["sdf_vid"]
@@ -370,7 +368,7 @@ def _run_in_worker(job: SequenceJob) -> None:
     run_job(job, _progress_queue.put)
 
 
-def _run_jobs(jobs: Sequence[SequenceJob], workers: int, advance: Progress) -> None:
+def _run_jobs(jobs: Sequence[SequenceJob], workers: int, advance: Advance) -> None:
     workers = min(workers, len(jobs))
     if workers <= 1:
         for job in jobs:
@@ -392,7 +390,7 @@ def _run_jobs(jobs: Sequence[SequenceJob], workers: int, advance: Progress) -> N
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _drain(progress_queue: Any, advance: Progress) -> None:
+def _drain(progress_queue: Any, advance: Advance) -> None:
     while True:
         try:
             advance(progress_queue.get_nowait())
@@ -401,7 +399,7 @@ def _drain(progress_queue: Any, advance: Progress) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Progress]:
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Advance]:
     """A rich progress bar on stderr (shown only on a terminal); yields ``advance(n)``."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -440,7 +438,7 @@ def _write_shards(
     n_shards: int,
     settings_hash: str,
     n_points: int,
-    advance: Progress,
+    advance: Advance,
 ) -> list[dict[str, Any]]:
     n_shards = min(n_shards, sum(r["frames"] for r in records))
     assignment = shard_assignment([r["frames"] for r in records], n_shards)
