@@ -70,18 +70,15 @@ class MaskSequence:
 
     def source_of(self, frame: int) -> str:
         """Where frame ``frame`` comes from, for messages: a file, or 'file frame t'."""
-        if len(self.sources) == self.n_frames:
-            return str(self.sources[frame])
-        return f"{self.sources[0]} frame {frame}"
+        path = self.file_of(frame)
+        return str(path) if len(self.sources) == self.n_frames else f"{path} frame {frame}"
 
     def read_frame(self, frame: int) -> np.ndarray:
         """Frame ``frame`` as a (Z, Y, X) array of the file's dtype."""
         if not 0 <= frame < self.n_frames:
             raise IndexError(f"{self.name} has {self.n_frames} frames, asked for frame {frame}")
-        if len(self.sources) == self.n_frames:
-            data = _read_pages(self.sources[frame], None)
-        else:
-            data = _read_pages(self.sources[0], frame)
+        in_stack = len(self.sources) != self.n_frames
+        data = _read_pages(self.file_of(frame), frame if in_stack else None)
         if data.shape != self.frame_shape:
             raise InputDataError(
                 "frame has another shape than the sequence",
@@ -157,31 +154,30 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _check_channels(path: Path, header: TiffHeader) -> None:
-    for letter in "CS":
-        if letter in header.axes:
-            raise InputDataError(
-                "a mask must have one channel", path, f"axes {header.axes}, shape {header.shape}"
-            )
+def _require_volumes(path: Path, header: TiffHeader) -> None:
+    """Masks are one-channel 3D data; a (T, Y, X) stack is 2D images over time."""
+    if "C" in header.axes or "S" in header.axes:
+        raise InputDataError("a mask must have one channel", path, f"axes {header.axes}, shape {header.shape}")
+    if len(header.shape) == 2 or (len(header.shape) == 3 and header.axes[0] == "T"):
+        raise InputDataError(
+            "a 2D image, not a 3D mask",
+            path,
+            f"shape {header.shape} (axes {header.axes}); masks must be (Z, Y, X) per time point",
+        )
 
 
 def _stack_sequence(path: Path) -> MaskSequence:
     """One TIFF file: 4D (T, Z, Y, X) or 3D (a single time point)."""
     header = read_header(path)
-    _check_channels(path, header)
+    _require_volumes(path, header)
     shape = header.shape
-    if len(shape) == 2 or (len(shape) == 3 and header.axes[0] == "T"):
-        raise InputDataError(
-            "a 2D image, not a 3D mask", path, f"shape {shape} (axes {header.axes}); masks must be (Z, Y, X) per time point"
-        )
     if len(shape) == 3:
         return MaskSequence(_stem(path), 1, header.voxel_size, (path,), shape)  # type: ignore[arg-type]
-    if len(shape) == 4:
-        time_axis = header.axes.find("T")
-        if time_axis not in (-1, 0):
-            raise InputDataError("a 4D stack must have time as its first axis", path, f"axes {header.axes}")
+    if len(shape) == 4 and header.axes.find("T") in (-1, 0):
         return MaskSequence(_stem(path), shape[0], header.voxel_size, (path,), shape[1:])  # type: ignore[arg-type]
-    raise InputDataError("expected a 3D (Z, Y, X) or 4D (T, Z, Y, X) TIFF", path, f"shape {shape}")
+    raise InputDataError(
+        "expected a 3D (Z, Y, X) or 4D (T, Z, Y, X) TIFF", path, f"shape {shape}, axes {header.axes}"
+    )
 
 
 def _frame_files(folder: Path) -> list[Path]:
@@ -223,11 +219,10 @@ def _folder_sequence(folder: Path, files: Sequence[Path]) -> MaskSequence:
     voxel_size = None
     for i, path in enumerate(files):
         header = read_header(path)
-        _check_channels(path, header)
-        if len(header.shape) != 3 or header.axes[0] == "T":
-            kind = "a 2D image" if len(header.shape) == 2 or header.axes[0] == "T" else f"a {len(header.shape)}D stack"
+        _require_volumes(path, header)
+        if len(header.shape) != 3:
             raise InputDataError(
-                f"{kind}, not a 3D mask", path, f"shape {header.shape}; each time point must be (Z, Y, X)"
+                "expected one 3D (Z, Y, X) time point per file", path, f"shape {header.shape}, axes {header.axes}"
             )
         if shapes and header.shape != shapes[0]:
             raise InputDataError(

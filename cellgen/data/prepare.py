@@ -24,6 +24,7 @@ import multiprocessing
 import queue
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -386,6 +387,10 @@ def _run_jobs(jobs: Sequence[SequenceJob], workers: int, advance: Advance) -> No
             for future in done:
                 future.result()  # re-raises a worker's error here
         _drain(progress_queue, advance)
+    except BrokenProcessPool:
+        raise CellgenError(
+            "a worker process died while preparing", None, f"out of memory? try fewer --workers than {workers}"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
