@@ -192,15 +192,17 @@ def main() -> None:
     parser.add_argument("--safety", type=float, default=0.5)
     parser.add_argument("--checkpoint", help="also compare on a trained model (experiment folder or checkpoint)")
     parser.add_argument("--frames", type=int, default=3, help="generated cells of the trained model")
+    parser.add_argument("--skip-reference", action="store_true", help="only the trained-model comparison")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with torch.no_grad():
-        rows = reference_cases(args)
-        print_table(rows, args.size)
-        for r in rows:
-            print(f"  {r['case']}: shape term {100 * r['shape_share']:.0f} % of an evaluation's time, "
-                  f"{100 * r['inside']:.2f} % of voxels inside")
+        if not args.skip_reference:
+            rows = reference_cases(args)
+            print_table(rows, args.size)
+            for r in rows:
+                print(f"  {r['case']}: shape term {100 * r['shape_share']:.0f} % of an evaluation's time, "
+                      f"{100 * r['inside']:.2f} % of voxels inside")
         if args.checkpoint:
             trained = trained_cases(args)
             print_table(trained, args.size if args.full else args.dense_size)

@@ -122,6 +122,8 @@ def plan_generation(trained: TrainedModel, request: GenerateRequest) -> Generati
         raise ConfigError("the interpolate strategy needs two learned sequences", None, "add --between I J --steps K")
     if between is not None and s.strategy != "interpolate":
         raise ConfigError("--between only works with the interpolate strategy", s.strategy, "use --strategy interpolate")
+    if s.sigma is not None and not s.sigma >= 0:
+        raise ConfigError("--sigma must not be negative", s.sigma, "e.g. --sigma 0.001")
     learned = trained.model.latent_codes().cpu().numpy()
     if between is not None:
         for i in between:
