@@ -222,6 +222,71 @@ class GenerateConfig(_Strict):
         return v
 
 
+class RenderConfig(_Strict):
+    """Synthetic fluorescence microscopy images of mask sequences (``cellgen render``).
+
+    Lengths are in voxels of the input masks; intensities in photo-electrons before the camera.
+    The optical model is described in docs/render.md.
+    """
+
+    mode: Literal["mip", "slice", "3d", "all"] = "mip"
+    """What is written per frame: the maximum-intensity projection along Z ('mip'), the in-focus
+    slice through the middle of the cell ('slice'), the 3D stack ('3d'), or all three."""
+    seed: int = Field(0, ge=0)
+    """Seed of texture, background and camera noise (one stream per sequence and frame)."""
+    workers: int = Field(1, ge=1)
+    """Frames rendered in parallel (processes)."""
+    photons: float = Field(200.0, gt=0)
+    """Expected photo-electrons per voxel of the cell at its mean fluorophore density, in focus."""
+    texture_sigma: float = Field(1.5, gt=0)
+    """Correlation length of the finest octave of the intracellular texture (Gaussian sigma)."""
+    texture_octaves: int = Field(3, ge=1, le=8)
+    """Octaves of band-limited noise; octave k has sigma texture_sigma * 2**k."""
+    texture_persistence: float = Field(0.5, gt=0)
+    """Amplitude of octave k relative to the first: persistence**k."""
+    texture_contrast: float = Field(0.35, ge=0)
+    """Standard deviation of the fluorophore density inside the cell, relative to its mean."""
+    membrane: float = Field(0.6, ge=0)
+    """Extra fluorophore density at the cell surface, relative to the interior (0: no rim)."""
+    membrane_width: float = Field(1.5, gt=0)
+    """Width (Gaussian sigma) of the bright rim, measured inwards from the surface."""
+    nucleus: float = Field(-0.5, ge=-1)
+    """Relative density change inside a nucleus-like blob at the deepest point of each cell
+    component: negative dimmer (-1 black), positive brighter, 0 no blob."""
+    nucleus_size: float = Field(0.5, gt=0, le=1)
+    """Radius of the blob as a fraction of the component's largest inscribed-ball radius."""
+    psf: Literal["gaussian", "born-wolf"] = "gaussian"
+    """Point-spread function: a 3D Gaussian, or a Born-Wolf-like widefield approximation (Airy
+    lateral profile widening with defocus; same in-focus FWHM and axial energy profile)."""
+    sigma_xy: float = Field(1.0, ge=0)
+    """Lateral PSF width: Gaussian sigma (born-wolf: the Gaussian with the same in-focus FWHM)."""
+    sigma_z: float = Field(2.5, ge=0)
+    """Axial PSF width (Gaussian sigma); larger than sigma_xy, as in every widefield/confocal PSF."""
+    background: float = Field(20.0, ge=0)
+    """Mean background (out-of-focus haze, autofluorescence) in photo-electrons per voxel."""
+    background_variation: float = Field(0.3, ge=0)
+    """Relative standard deviation of the smooth lateral variation of the background."""
+    background_scale: float = Field(48.0, gt=0)
+    """Correlation length of the background variation."""
+    bleach_tau: float | None = Field(None, gt=0)
+    """Photobleaching: the cell's signal in frame f is multiplied by exp(-f / bleach_tau);
+    None: no bleaching."""
+    noise: bool = True
+    """Camera noise (Poisson shot noise and Gaussian read noise); off gives the expected image."""
+    gain: float = Field(2.0, gt=0)
+    """Camera gain in grey values (ADU) per photo-electron."""
+    read_noise: float = Field(3.0, ge=0)
+    """Standard deviation of the Gaussian read noise, in ADU."""
+    offset: float = Field(100.0, ge=0, le=65535)
+    """Camera offset (dark level) in ADU."""
+
+    @model_validator(mode="after")
+    def _born_wolf_needs_widths(self) -> RenderConfig:
+        if self.psf == "born-wolf" and (self.sigma_xy <= 0 or self.sigma_z <= 0):
+            raise ValueError("psf 'born-wolf' needs sigma_xy > 0 and sigma_z > 0")
+        return self
+
+
 class CellgenConfig(_Strict):
     """Everything one experiment needs; saved resolved into every experiment directory."""
 
@@ -233,6 +298,7 @@ class CellgenConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""Synthetic fluorescence microscopy of mask sequences (``cellgen render``; docs/render.md)."""
