@@ -24,6 +24,14 @@ Mask sequences (phantoms, reconstructions, generated cells; the published layout
     OUT/seq_000/mask_t000.tif ... mask_t029.tif   3D uint8 ZYX, 0 / 255
     OUT/seq_000/mip_t000.tif ...                  2D max-intensity projection along Z
     OUT/seq_000/preview.gif                       MIPs over time
+
+Synthetic microscopy (written by ``cellgen render``; each view folder is in the layout above)::
+
+    OUT/render.json                    settings, masks folder, views written
+    OUT/mip/seq_000/image_t000.tif     2D uint16 maximum-intensity projection along Z
+    OUT/mip/seq_000/mask_t000.tif      2D uint8 0 / 255: MIP of the 3D mask
+    OUT/slice/seq_000/...              2D in-focus slice through the middle of the cell, its mask
+    OUT/3d/seq_000/...                 3D uint16 stack and the 3D mask
 """
 
 from __future__ import annotations
@@ -43,6 +51,10 @@ def mask_name(frame: int) -> str:
 
 def mip_name(frame: int) -> str:
     return f"mip_t{frame:03d}.tif"
+
+
+def image_name(frame: int) -> str:
+    return f"image_t{frame:03d}.tif"
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,30 @@ class SequenceDir:
     def mip(self, frame: int) -> Path:
         return self.root / mip_name(frame)
 
+    def image(self, frame: int) -> Path:
+        """A synthetic microscopy image of the frame (``cellgen render``)."""
+        return self.root / image_name(frame)
+
     @property
     def preview(self) -> Path:
         return self.root / "preview.gif"
+
+
+@dataclass(frozen=True)
+class RenderDir:
+    """Output of ``cellgen render``: one folder per view (mip, slice, 3d) of mask sequences."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def record(self) -> Path:
+        return self.root / "render.json"
+
+    def view(self, view: str) -> Path:
+        return self.root / view
+
+    def sequence(self, view: str, sequence: str) -> SequenceDir:
+        return SequenceDir(self.root / view / sequence)
