@@ -235,6 +235,14 @@ def test_bleaching_lowers_the_signal_over_frames(cell):
     assert unbleached[1] == pytest.approx(unbleached[0], rel=0.1)
 
 
+def test_a_frame_without_cell_is_background_only():
+    empty = np.zeros((12, 20, 24), dtype=np.uint8)
+    photons = expected_photons(empty, RenderConfig(), 0, frame_streams(0, "s", 0))
+    assert np.all(photons == photons[0]) and photons.mean() == pytest.approx(20.0, rel=0.3)
+    views = frame_views(render_stack(empty, RenderConfig(), "s", 0), empty, ("mip", "slice"))
+    assert views["slice"][0].shape == (20, 24) and not views["slice"][1].any()
+
+
 def test_texture_membrane_and_nucleus_show_in_the_image():
     shape = (48, 48, 48)
     mask = ball(shape, (24, 24, 24), 16)

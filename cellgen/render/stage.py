@@ -88,7 +88,7 @@ def render_masks(request: RenderRequest) -> RenderSummary:
             f"({', '.join(views)}, psf {s.psf}, seed {s.seed}) into {out.root}"
         )
     workers = min(request.settings.workers, max(len(todo), 1))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, _usable_cpus() // workers)
     job = dict(out=out.root, settings=request.settings, views=views, force=request.force, threads=threads)
     from cellgen.data.prepare import progress_bar  # not at the top: spawned workers skip h5py
 
@@ -155,6 +155,13 @@ def _render_parallel(
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (a Slurm allocation, not the whole node)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _complete(out: RenderDir, sequence: str, frame: int, views: tuple[str, ...]) -> bool:
