@@ -226,3 +226,20 @@ def test_mismatched_resume_is_refused(tmp_path):
         check_compatible(state, config, "other", tmp_path)
     # Training settings may change on resume (e.g. more epochs).
     check_compatible(state, load_config("demo", ["train.epochs=500"]), "abc", tmp_path)
+
+
+@pytest.mark.parametrize("extra", [{}, {"xyz_in_all": False}, {"weight_norm": [0, 2], "layer_norm": [1]},
+                                   {"activation": "relu", "latent_in": [1, 3]}])
+def test_indexed_forward_equals_plain_forward_with_gradients(extra):
+    torch.manual_seed(0)
+    decoder = SdfDecoder(small_cfg(**extra))
+    codes = torch.randn(5, 8, requires_grad=True)
+    sequence = torch.randint(0, 5, (300,))
+    xyzt = torch.rand(300, 4) * 2 - 1
+    plain = decoder(codes[sequence], xyzt)
+    grads_plain = torch.autograd.grad(plain.square().sum(), [codes, *decoder.parameters()])
+    fast = decoder.forward_indexed(codes, sequence, xyzt)
+    grads_fast = torch.autograd.grad(fast.square().sum(), [codes, *decoder.parameters()])
+    assert torch.allclose(plain, fast, atol=1e-5)
+    for a, b in zip(grads_plain, grads_fast):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)

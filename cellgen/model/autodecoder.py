@@ -46,11 +46,11 @@ class AutoDecoder(nn.Module):
         self.rotations: EulerRotations | None = EulerRotations(n_sequences) if cfg.rotations else None
 
     def forward(self, sequence: Tensor, xyzt: Tensor) -> Tensor:
-        latent = self.codes(sequence)
         if self.rotations is not None:
             rotation = self.rotations()[sequence]
             xyzt = torch.cat([rotate_points(xyzt[:, :3], rotation), xyzt[:, 3:]], dim=1)
-        return self.decoder(latent, xyzt)
+        # Same as self.decoder(self.codes(sequence), xyzt), with the latent maps shared per sequence.
+        return self.decoder.forward_indexed(self.codes.weight, sequence, xyzt)
 
     def rotation_matrices(self) -> Tensor:
         """(S, 3, 3), detached; identity when rotations are off."""

@@ -61,7 +61,11 @@ class HiddenLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout_prob) if index in cfg.dropout else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.activation(self.norm(self.linear(x))))
+        return self.activate(self.linear(x))
+
+    def activate(self, pre: Tensor) -> Tensor:
+        """Everything after the linear map."""
+        return self.dropout(self.activation(self.norm(pre)))
 
 
 class SdfDecoder(nn.Module):
@@ -105,6 +109,30 @@ class SdfDecoder(nn.Module):
             elif index > 0 and self.xyz_in_all:
                 x = torch.cat([x, xyzt], dim=1)
             x = layer(x)
+        return self._head(x)
+
+    def forward_indexed(self, codes: Tensor, sequence: Tensor, xyzt: Tensor) -> Tensor:
+        """``forward(codes[sequence], xyzt)`` computed faster: wherever a layer takes the latent
+        code, its share of the linear map (``codes @ W_latent.T``) is computed once per sequence
+        (S rows) and gathered, instead of once per point (N rows); concatenations become sums.
+        For the reference net this removes about a third of the multiply-adds."""
+        if self.latent_dropout > 0 and self.training:  # dropout is per point: no sharing
+            return self.forward(codes[sequence], xyzt)
+        x = None
+        for index, layer in enumerate(self.layers):
+            weight, bias = layer.linear.weight, layer.linear.bias
+            col = 0 if x is None else x.shape[1]
+            pre = bias if x is None else nn.functional.linear(x, weight[:, :col], bias)
+            if index == 0 or index in self.latent_in:
+                latent_part = nn.functional.linear(codes, weight[:, col : col + self.latent_dim])
+                pre = pre + latent_part[sequence]
+                col += self.latent_dim
+            if col < weight.shape[1]:  # the coordinates
+                pre = torch.addmm(pre, xyzt, weight[:, col:].t())
+            x = layer.activate(pre)
+        return self._head(x)
+
+    def _head(self, x: Tensor) -> Tensor:
         out = self.output(x).squeeze(-1)
         return torch.tanh(out) if self.tanh_output else out
 

@@ -12,38 +12,19 @@ import h5py
 import numpy as np
 
 from cellgen.config import DataConfig
+from cellgen.data.sdf import axis_coordinates, frame_time, sample_frame, sampling_rng
 from cellgen.data.shards import FramePoints, write_shard
 from cellgen.io import atomic_path, sha256_json, write_json_atomic
 from cellgen.layout import DataDir, sequence_name
 
 
-def frame_time(frame: int, n_frames: int) -> float:
-    return 0.0 if n_frames == 1 else -1.0 + 2.0 * frame / (n_frames - 1)
-
-
 def sphere_sdf_voxels(size: tuple[int, int, int], centre: np.ndarray, radius: float, clamp: float) -> np.ndarray:
     """Signed distance in voxels (Z, Y, X) to a sphere given in [-1, 1] coordinates (cubic voxels)."""
     side = max(size)
-    axes = [np.linspace(-1, 1, n) if n > 1 else np.zeros(1) for n in size]
+    axes = [axis_coordinates(n) for n in size]
     z, y, x = np.meshgrid(*axes, indexing="ij")
     dist = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) - radius
     return np.minimum(dist * (side - 1) / 2, clamp).astype(np.float32)
-
-
-def sample_points(sdf: np.ndarray, t: float, n: int, near_fraction: float, near_threshold: float,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The reference's 70/30 near/far sampling of voxel centres, with replacement."""
-    flat = sdf.ravel()
-    near = np.flatnonzero(flat <= near_threshold)
-    far = np.flatnonzero(flat > near_threshold)
-    n_near = round(n * near_fraction) if len(far) else n
-    if not len(near):
-        n_near = 0
-    picks = np.concatenate([rng.choice(near, n_near), rng.choice(far, n - n_near) if n > n_near else []]).astype(np.int64)
-    k, j, i = np.unravel_index(picks, sdf.shape)
-    axes = [np.linspace(-1, 1, s) if s > 1 else np.zeros(1) for s in sdf.shape]
-    xyzt = np.stack([axes[2][i], axes[1][j], axes[0][k], np.full(len(picks), t)], 1).astype(np.float32)
-    return xyzt, flat[picks].astype(np.float32)
 
 
 def write_sphere_dataset(
@@ -59,11 +40,11 @@ def write_sphere_dataset(
     """Write DATA/{sdf,points,manifest.json} for ``n_sequences`` moving, growing spheres."""
     data = DataDir(Path(root))
     grid = (size, size, size)
-    settings = DataConfig(size=grid, clamp=max(2.0, size / 4), normalisation=normalisation,
-                          sample_fraction=sample_fraction, shards=shards, seed=seed).model_dump(mode="json")
+    cfg = DataConfig(size=grid, clamp=max(2.0, size / 4), normalisation=normalisation,
+                     sample_fraction=sample_fraction, shards=shards, seed=seed)
+    settings = cfg.model_dump(mode="json")
     settings_hash = sha256_json({"synthetic": "spheres", "n_sequences": n_sequences, "frames": frames, **settings})
     rng = np.random.default_rng(seed)
-    n_points = round(sample_fraction * size**3)
     sequences, all_frames = [], []
     for s in range(n_sequences):
         name = sequence_name(s)
@@ -78,8 +59,7 @@ def write_sphere_dataset(
             sdf = sdf_vox / factor
             volumes.append(sdf)
             factors.append(factor)
-            xyzt, values = sample_points(sdf, t, n_points, settings["near_fraction"], settings["near_threshold"],
-                                         np.random.default_rng([seed, s, f]))
+            xyzt, values = sample_frame(sdf, t, cfg, sampling_rng(seed, s, f))
             all_frames.append(FramePoints(s, f, xyzt, values))
         with atomic_path(data.sdf_file(name)) as tmp, h5py.File(tmp, "w") as h5:
             h5.create_dataset("sdf_vid", data=np.stack(volumes), chunks=(1, *grid), compression="gzip")
