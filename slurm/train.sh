@@ -20,7 +20,7 @@
 # CELLGEN_CPUS_PER_WORKER (CPU training: cores per Ray Train worker; default all cores of a node),
 # and the CELLGEN_RAY_* / CELLGEN_DASHBOARD_* settings of slurm/lib/ray_cluster.sh.
 # Preemption: on SIGTERM (scancel, --signal before the time limit, preemption) training writes a
-# checkpoint and exits 75; this script then requeues the job, which resumes from that checkpoint.
+# checkpoint and exits 143; this script then requeues the job, which resumes from that checkpoint.
 set -uo pipefail
 
 if [ $# -lt 3 ]; then
@@ -67,7 +67,7 @@ while :; do
   kill -0 "$stage" 2>/dev/null || break
 done
 
-if [ "$rc" -eq 75 ]; then
+if [ "$rc" -eq 143 ]; then
   log "training checkpointed after a signal: requeueing job $SLURM_JOB_ID"
   ray_cluster_stop
   scontrol requeue "$SLURM_JOB_ID" || log "requeue refused: resubmit this script, it resumes"
