@@ -66,3 +66,15 @@ def parse_voxel_size(text: str | None) -> tuple[float, float, float] | None:
             "--voxel-size must be one positive number or three (z,y,x)", text, "e.g. --voxel-size 2,0.5,0.5"
         )
     return (values[0], values[1], values[2])
+
+
+CheckpointOpt = Annotated[
+    Optional[Path], typer.Option("--checkpoint", help="Use this checkpoint instead of EXP's newest.")
+]
+
+
+def parse_size(text: str | None) -> tuple[int, int, int] | None:
+    """``--size`` text (one number or z,y,x) -> a grid (validated like generate.size); None stays None."""
+    from cellgen.config import validate_config
+
+    return validate_config({"generate": {"size": text}}, "--size").generate.size if text is not None else None
