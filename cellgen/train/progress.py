@@ -32,11 +32,17 @@ class ProgressWatcher:
         self._thread.join(timeout=5)
 
     def _latest(self) -> dict[str, str] | None:
+        """The newest complete row, or None (the file may be mid-write: try again next poll)."""
         try:
             rows = read_metrics(self.metrics)
-        except (OSError, ValueError):  # the file is being rewritten; try again next poll
+            if not rows:
+                return None
+            row = rows[-1]
+            for key in ("epoch", "sdf_loss", "code_loss", "points_per_s"):
+                float(row[key])
+            return row
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        return rows[-1] if rows else None
 
     @staticmethod
     def describe(row: dict[str, str]) -> str:

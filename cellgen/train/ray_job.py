@@ -199,11 +199,24 @@ def _root_message(err: BaseException) -> str:
     return lines[-1][:200] if lines else type(err).__name__
 
 
+def _trainer_class() -> type:
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        """TorchTrainer without its own SIGINT handler, which aborts the run at once (workers
+        killed, no checkpoint): cellgen's handler lets the workers checkpoint first. A second
+        Ctrl-C still aborts immediately."""
+
+        def _register_sigint_handler(self, controller: Any) -> None:
+            return None
+
+    return Trainer
+
+
 def run_training(plan: TrainPlan, address: str | None = None, dashboard_host: str = "127.0.0.1") -> TrainOutcome:
     """Train ``plan`` with Ray Train; blocks until finished, failed or stopped by a signal."""
     import ray
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     cfg = plan.cellgen_config.train
     exp = ExperimentDir(Path(plan.exp))
@@ -213,7 +226,7 @@ def run_training(plan: TrainPlan, address: str | None = None, dashboard_host: st
     try:
         check_resources(plan)
         write_run_files(plan)
-        trainer = TorchTrainer(
+        trainer = _trainer_class()(
             train_func,
             train_loop_config={"plan": plan.to_dict()},
             scaling_config=ray.train.ScalingConfig(
