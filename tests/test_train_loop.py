@@ -212,3 +212,27 @@ def test_refusals_before_any_compute(tmp_path, data_dir):
     write_sphere_dataset(other, n_sequences=4, frames=3, size=16, shards=2, seed=5, sample_fraction=0.2)
     with pytest.raises(CheckpointError, match="another data set"):
         plan_training(tiny_config("train.epochs=8"), exp.root, other, True)
+
+
+def test_cli_refusals_are_one_line_before_ray_starts(tmp_path, data_dir):
+    from typer.testing import CliRunner
+
+    from cellgen.cli import app
+
+    exp = tmp_path / "exp"
+    plan = plan_training(tiny_config("train.epochs=2"), exp, data_dir, resume=False)
+    run_worker(plan, WorkerContext())
+    write_run_files(plan)
+    cases = [
+        (["train", "demo", "-o", str(tmp_path / "new"), "--data", str(data_dir), "--workers", "3"], "point shards"),
+        (["train", "demo", "-o", str(tmp_path / "new")], "--data"),
+        (["train", "demo", "-o", str(exp), "--data", str(data_dir)], "--resume"),
+        (["train", "demo", "-o", str(exp), "--resume", "--set", "model.omega=20"], "model config differs"),
+        (["train", "nope.yaml", "-o", str(exp)], "config file not found"),
+    ]
+    runner = CliRunner()
+    for args, expected in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("cellgen: training")]
+        assert len(lines) == 1 and expected in lines[0], result.output
