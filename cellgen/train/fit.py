@@ -226,17 +226,17 @@ def start_pool(
     between their codes means little); with rotations, the mean code at ``random``
     Haar-uniform rotations seeded by (seed, sequence)."""
     n, dim = learned_codes.shape
-    identity = torch.eye(3, dtype=learned_codes.dtype)
+    like = {"dtype": learned_codes.dtype, "device": learned_codes.device}
     codes = [learned_codes.mean(0), *learned_codes]
-    rotations = [identity] * (n + 1)
+    rotations = [torch.eye(3, **like)] * (n + 1)
     if rotate and learned_rotations is not None:
-        rotations[1:] = list(learned_rotations.to(learned_codes.dtype))
+        rotations[1:] = list(learned_rotations.to(**like))
     labels = ["mean code", *(f"code of {name}" for name in names)]
     if rotate:
         rng = np.random.default_rng([int(seed), int(sequence), 1])
         for i in range(random):
             codes.append(codes[0])
-            rotations.append(torch.tensor(quaternion_to_matrix(rng.standard_normal(4)), dtype=learned_codes.dtype))
+            rotations.append(torch.tensor(quaternion_to_matrix(rng.standard_normal(4)), **like))
             labels.append(f"mean code, random rotation {i}")
     return StartPool(torch.stack(codes).reshape(-1, dim), torch.stack(rotations), labels)
 
