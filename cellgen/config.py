@@ -211,6 +211,12 @@ class GenerateConfig(_Strict):
     """Points per network evaluation."""
     coarse_cell: int = Field(8, ge=2)
     """Side of the coarse cells of the adaptive voxelizer, in voxels."""
+    safety: float = Field(0.8, gt=0, le=1)
+    """Share of the SDF's distance bound the adaptive voxelizer relies on when it skips a block
+    (a network is only approximately a distance function; lower = safer and slower)."""
+    margin: float = Field(0.05, ge=0)
+    """SDF units the adaptive voxelizer takes off every value before trusting it: the network's
+    error near the surface (higher = safer and slower)."""
 
     _grid = field_validator("size", mode="before")(_as_grid)
 
