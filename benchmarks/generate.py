@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cellgen.config import load_config
-from cellgen.generate.voxelize import SdfFn, voxelize_adaptive, voxelize_dense
+from cellgen.generate.voxelize import DEFAULT_MARGIN, DEFAULT_SAFETY, SdfFn, voxelize_adaptive, voxelize_dense
 from cellgen.model.decoder import SdfDecoder, count_parameters
 
 CLAMP_VOXELS = 32.0
@@ -142,7 +142,8 @@ def reference_cases(args: argparse.Namespace) -> list[dict]:
     print(f"reference decoder: {count_parameters(decoder):,} parameters ({config.activation}, "
           f"{len(config.hidden_dims)} x {config.hidden_dims[0]})")
     units = CLAMP_VOXELS * 2 / (args.size - 1)
-    kwargs = {"units_per_sdf": units, "max_trusted_sdf": 1.0, "coarse_cell": args.coarse_cell, "safety": args.safety}
+    kwargs = {"units_per_sdf": units, "max_trusted_sdf": 1.0, "coarse_cell": args.coarse_cell, "safety": args.safety,
+              "margin": args.margin}
     rows = []
     for name, make in (("blob", blob_shape), ("filo", lambda size: filo_shape(size)[0])):
         shape_voxels = make(args.size)
@@ -171,6 +172,7 @@ def trained_cases(args: argparse.Namespace) -> list[dict]:
         "max_trusted_sdf": trained.config.data.clamp / factor,
         "coarse_cell": args.coarse_cell,
         "safety": args.safety,
+        "margin": args.margin,
     }
     codes = sample_latents("fitted", trained.model.latent_codes().numpy(), args.frames, seed=0).codes
     size = args.size if args.full else args.dense_size
@@ -189,7 +191,8 @@ def main() -> None:
     parser.add_argument("--dense-size", type=int, default=128, help="cube side of the timed dense run without --full")
     parser.add_argument("--full", action="store_true", help="time dense at --size too (~4 min per case on 2 cores)")
     parser.add_argument("--coarse-cell", type=int, default=8)
-    parser.add_argument("--safety", type=float, default=0.5)
+    parser.add_argument("--safety", type=float, default=DEFAULT_SAFETY)
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="SDF units")
     parser.add_argument("--checkpoint", help="also compare on a trained model (experiment folder or checkpoint)")
     parser.add_argument("--frames", type=int, default=3, help="generated cells of the trained model")
     parser.add_argument("--skip-reference", action="store_true", help="only the trained-model comparison")

@@ -115,6 +115,24 @@ def test_clamp_plateau_limit_keeps_overstated_far_values_from_skipping_the_surfa
     assert np.array_equal(limited.mask, dense.mask)
 
 
+def test_margin_absorbs_a_bounded_error_on_top_of_a_distance_function():
+    """A true SDF plus a ripple of amplitude A (a network's error): its zero level lies where the
+    true SDF is within A, so taking 2 A off every value makes skipping exact again."""
+    amplitude = 0.03
+    true = sphere_sdf(0.5, (0.03, 0.01, -0.02))
+
+    def rippled(xyz):
+        ripple = torch.sin(37 * xyz[:, 0]) * torch.sin(41 * xyz[:, 1]) * torch.sin(43 * xyz[:, 2])
+        return true(xyz) + amplitude * ripple
+
+    shape = (64, 64, 64)
+    dense = voxelize_dense(rippled, shape)
+    bare = voxelize_adaptive(rippled, shape, units_per_sdf=1.0, safety=1.0, margin=0.0)
+    with_margin = voxelize_adaptive(rippled, shape, units_per_sdf=1.0, safety=1.0, margin=2 * amplitude)
+    assert not np.array_equal(bare.mask, dense.mask)
+    assert np.array_equal(with_margin.mask, dense.mask)
+
+
 def test_units_per_sdf_uses_the_finest_training_axis():
     assert units_per_sdf_for([256, 256, 256], 32.0) == pytest.approx(32 * 2 / 255)
     assert units_per_sdf_for([33, 129, 65], 10.0) == pytest.approx(10 * 2 / 128)

@@ -59,6 +59,7 @@ class RenderSettings:
     chunk_points: int
     coarse_cell: int
     safety: float
+    margin: float
     units_per_sdf: float | None
     max_trusted_sdf: float | None
     voxel_size: tuple[float, float, float]
@@ -134,6 +135,7 @@ def voxelize(sdf_fn: SdfFn, settings: RenderSettings, device: torch.device, keep
         coarse_cell=settings.coarse_cell,
         chunk_points=settings.chunk_points,
         safety=settings.safety,
+        margin=settings.margin,
         max_trusted_sdf=settings.max_trusted_sdf,
         keep_sdf=keep_sdf,
         device=device,

@@ -30,7 +30,7 @@ from cellgen.generate.sequence import (
     frame_times,
     output_voxel_size,
 )
-from cellgen.generate.voxelize import DEFAULT_SAFETY, units_per_sdf_for
+from cellgen.generate.voxelize import units_per_sdf_for
 from cellgen.generate.writers import VOXEL_UNIT
 from cellgen.io import ensure_writable_dir, read_json, sha256_file, sha256_json, write_json_atomic
 from cellgen.layout import ExperimentDir, sequence_name
@@ -55,7 +55,6 @@ class GenerateRequest:
     write_sdf: bool = False
     write_mesh: bool = False
     force: bool = False
-    safety: float = DEFAULT_SAFETY
     progress: bool = True
 
 
@@ -141,7 +140,8 @@ def plan_generation(trained: TrainedModel, request: GenerateRequest) -> Generati
         voxelizer=s.voxelizer,
         chunk_points=s.chunk_points,
         coarse_cell=s.coarse_cell,
-        safety=request.safety,
+        safety=s.safety,
+        margin=s.margin,
         units_per_sdf=units,
         max_trusted_sdf=trusted,
         voxel_size=output_voxel_size(data_size, tuple(s.size)),
@@ -219,6 +219,7 @@ def _manifest(
         "voxelizer": render.voxelizer,
         "coarse_cell": render.coarse_cell if render.voxelizer == "adaptive" else None,
         "safety": render.safety if render.voxelizer == "adaptive" else None,
+        "margin": render.margin if render.voxelizer == "adaptive" else None,
         "units_per_sdf": render.units_per_sdf,
         "max_trusted_sdf": render.max_trusted_sdf,
         "voxel_size_zyx": list(render.voxel_size),

@@ -6,9 +6,11 @@ points are handed to ``sdf_fn`` as (x, y, z) rows. mask = sdf <= 0.
 
 The adaptive voxelizer tiles the grid into blocks of ``coarse_cell`` voxels and evaluates each
 block at the centre of its voxel centres. A value v means the surface is at least
-``safety * |v| * units_per_sdf`` coordinate units away (a Lipschitz bound; the safety factor < 1
-because a network is only approximately a distance function), so a block whose farthest voxel is
-closer than that holds no surface and takes the sign of v. Other blocks are halved and
+``safety * (|v| - margin) * units_per_sdf`` coordinate units away: a Lipschitz bound, made
+conservative twice because a network is only approximately a distance function -- ``margin``
+absorbs its error near the surface (ripples finer than the training grid move the zero level a
+little), ``safety`` < 1 a gradient somewhat steeper than the target's. A block whose farthest
+voxel is closer than that bound holds no surface and takes the sign of v. Other blocks are halved and
 re-evaluated until blocks are single voxels, which are evaluated exactly where the dense
 voxelizer would. Beyond the training clamp distance the learned SDF is a constant plateau that
 says only "far away", so |v| is trusted at most up to ``max_trusted_sdf``: blocks wider than the
@@ -30,8 +32,10 @@ SdfFn = Callable[[Tensor], Tensor]
 
 Shape3 = tuple[int, int, int]
 
-DEFAULT_SAFETY = 0.5
+DEFAULT_SAFETY = 0.8
 """Share of the Lipschitz distance bound the adaptive voxelizer relies on."""
+DEFAULT_MARGIN = 0.05
+"""SDF units taken off |v| before the bound is used (the network's error near the surface)."""
 
 
 @dataclass
@@ -94,6 +98,7 @@ def voxelize_adaptive(
     coarse_cell: int = 8,
     chunk_points: int = 262144,
     safety: float = DEFAULT_SAFETY,
+    margin: float = DEFAULT_MARGIN,
     max_trusted_sdf: float | None = None,
     keep_sdf: bool = False,
     device: torch.device | str = "cpu",
@@ -105,6 +110,8 @@ def voxelize_adaptive(
         means the surface is at least |v| * units_per_sdf away.
     coarse_cell: side of the first blocks, in voxels.
     safety: in (0, 1]: only this share of the bound is relied on.
+    margin: SDF units taken off |v| first: the network's error, which can move its surface by
+        that much wherever the learned shape has detail finer than the training grid.
     max_trusted_sdf: |v| above this is treated as this (the clamp plateau); None = no limit.
     keep_sdf: return an SDF volume that is exact on every voxel with a neighbour of the other
         sign (so marching cubes on it matches the dense result); costs a few extra evaluations.
@@ -114,6 +121,8 @@ def voxelize_adaptive(
         raise ValueError(f"coarse_cell must be at least 1, got {coarse_cell}")
     if not 0 < safety <= 1:
         raise ValueError(f"safety must lie in (0, 1], got {safety}")
+    if margin < 0:
+        raise ValueError(f"margin must not be negative, got {margin}")
     units = torch.as_tensor(units_per_sdf, dtype=torch.float64).reshape(-1).expand(3).clone()
     if not bool((units > 0).all()):
         raise ValueError(f"units_per_sdf must be positive, got {units_per_sdf}")
@@ -143,7 +152,7 @@ def voxelize_adaptive(
         trusted = block_values.abs().to(torch.float64)
         if max_trusted_sdf is not None:
             trusted = trusted.clamp(max=max_trusted_sdf)
-        empty = safety * trusted > needed
+        empty = safety * (trusted - margin) > needed
         _fill_blocks(sdf, block_lo[empty], block_size[empty], block_values[empty])
         lo, size = _split(block_lo[~empty], block_size[~empty])
 
@@ -251,6 +260,7 @@ def torus_sdf(major: float, minor: float) -> SdfFn:
 
 
 __all__ = [
+    "DEFAULT_MARGIN",
     "DEFAULT_SAFETY",
     "SdfFn",
     "Voxelized",
