@@ -110,7 +110,8 @@ def _connect(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False, include_dashboard=False)
+        # "local": a fresh embedded runtime, never some other Ray that happens to run on this host.
+        ray.init(address=address or "local", log_to_driver=False, configure_logging=False, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(
             "cannot connect to the Ray cluster", address or "local", f"{_first_line(err)}; is the head node up?"
