@@ -18,6 +18,7 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a fresh instance: never attach to another Ray on this host (e.g. a Slurm test's)
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

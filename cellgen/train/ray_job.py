@@ -130,7 +130,8 @@ def connect(address: str | None, dashboard_host: str = "127.0.0.1") -> bool:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(dashboard_host=dashboard_host, log_to_driver=True)
+            # "local": always a fresh embedded instance, never some other Ray running on this host.
+            ray.init(address="local", dashboard_host=dashboard_host, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ClusterError("cannot connect to the Ray cluster", address or "local",
