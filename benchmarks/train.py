@@ -137,7 +137,7 @@ def ray_scaling(config, data: Path, root: Path, epochs: int) -> dict[int, float]
     from cellgen.train.experiment import plan_training, read_metrics
     from cellgen.train.ray_job import run_training
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     out = {}
     try:
         for workers in (1, 2):
