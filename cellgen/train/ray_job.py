@@ -9,6 +9,9 @@ checkpoint folder that only points at it, so Ray never copies model weights arou
 worker dies Ray restarts the group, and each worker resumes from the newer of the checkpoint
 Ray hands back and the newest file in EXP/checkpoints (Ray can be one behind after a hard death).
 
+On a multi-node cluster EXP and DATA must be on a file system every node sees (as under Slurm):
+workers read the shards and rank 0 writes the checkpoints and metrics.csv there directly.
+
 Preemption: SIGTERM (or Ctrl-C) on the driver creates EXP/.stop; the workers notice it after
 their current step, agree on it across ranks, rank 0 writes a checkpoint, and the driver exits
 with 143 (130 for Ctrl-C). Under Slurm, send the signal to the batch shell only
