@@ -220,6 +220,7 @@ def _trainer_class() -> type:
 def run_training(plan: TrainPlan, address: str | None = None, dashboard_host: str = "127.0.0.1") -> TrainOutcome:
     """Train ``plan`` with Ray Train; blocks until finished, failed or stopped by a signal."""
     import ray
+    import ray.exceptions
     import ray.train
 
     cfg = plan.cellgen_config.train
@@ -249,6 +250,9 @@ def run_training(plan: TrainPlan, address: str | None = None, dashboard_host: st
                 result = trainer.fit()
             except ray.train.TrainingFailedError as err:
                 raise TrainingFailed(err, cfg.max_failures) from None
+            except ray.exceptions.RayError as err:  # the cluster itself went away (e.g. `ray stop`)
+                raise ClusterError("lost the Ray cluster during training", _root_message(err)[:160],
+                                   "rerun with --resume to continue from the last checkpoint") from None
         plot_loss(exp.metrics, exp.loss_plot)
         latest = exp.checkpoints()
         exit_code = 0
