@@ -243,3 +243,12 @@ def test_indexed_forward_equals_plain_forward_with_gradients(extra):
     assert torch.allclose(plain, fast, atol=1e-5)
     for a, b in zip(grads_plain, grads_fast):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_indexed_forward_with_one_shared_code():
+    torch.manual_seed(0)
+    decoder = SdfDecoder(small_cfg(latent_in=[1, 3])).eval()
+    code = torch.randn(1, 8)
+    xyzt = torch.rand(50, 4)
+    expected = decoder(code.expand(50, -1), xyzt)
+    assert torch.allclose(decoder.forward_indexed(code, None, xyzt), expected, atol=1e-5)
