@@ -35,6 +35,8 @@ def train(
     options = {"workers": workers, "use_gpu": gpu, "epochs": epochs}
     overrides = [*(set_ or []), *option_overrides("train", options)]
     cfg = load_config(config, overrides)
+    if dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+        info(f"cellgen: warning: the Ray dashboard will listen on {dashboard_host}, beyond this machine's loopback")
     info(f"cellgen: training {cfg.name} into {output} with {cfg.train.workers} worker(s) for {cfg.train.epochs} epochs")
     outcome = train_experiment(cfg, output, data, resume, address, dashboard_host, verbose=is_verbose())
     if outcome.exit_code:

@@ -61,6 +61,8 @@ ray_cluster_start() {
     RAY_AUTH_TOKEN=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
   fi
   export RAY_AUTH_TOKEN RAY_USAGE_STATS_ENABLED=0
+  # Ray Train run state in the dashboard (Train tab) is off unless the head is started with this.
+  export RAY_TRAIN_ENABLE_STATE_TRACKING=1
 
   if [ "$dash_host" != "127.0.0.1" ] && [ "$dash_host" != "localhost" ]; then
     log "WARNING: the Ray dashboard binds to $dash_host:$dash_port, reachable beyond this node"
