@@ -175,6 +175,15 @@ class SequenceDir:
         """A synthetic microscopy image of the frame (``cellgen render``)."""
         return self.root / image_name(frame)
 
+    def mesh(self, frame: int) -> Path:
+        """Surface mesh of the frame (``cellgen generate --mesh``), binary PLY."""
+        return self.root / f"mesh_t{frame:03d}.ply"
+
+    @property
+    def sdf_video(self) -> Path:
+        """The sequence's SDF volumes (``cellgen generate --sdf``), prepare's sdf_vid format."""
+        return self.root / "sdf.h5"
+
     @property
     def preview(self) -> Path:
         return self.root / "preview.gif"
