@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cellgen.data.sdf import frame_time
 from cellgen.generate.voxelize import SdfFn, Voxelized, voxelize_adaptive, voxelize_dense
 from cellgen.generate.writers import (
     sdf_video_writer,
@@ -35,9 +36,7 @@ def frame_times(frames: int) -> list[float]:
     """Times of ``frames`` evenly spaced frames over the learned range [-1, 1] (0 for one frame)."""
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
-    if frames == 1:
-        return [0.0]
-    return [-1.0 + 2.0 * f / (frames - 1) for f in range(frames)]
+    return [frame_time(f, frames) for f in range(frames)]
 
 
 def output_voxel_size(data_size: tuple[int, int, int], size: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -72,7 +71,7 @@ class RenderSettings:
     def frame_files(self, seq: SequenceDir, frame: int) -> list[Path]:
         files = [seq.mask(frame), seq.mip(frame)]
         if self.write_mesh:
-            files.append(mesh_path(seq, frame))
+            files.append(seq.mesh(frame))
         return files
 
     def missing_frames(self, seq: SequenceDir) -> list[int]:
@@ -81,17 +80,9 @@ class RenderSettings:
     def is_done(self, index: int) -> bool:
         """A sequence is done when every file is in place (the preview is written last)."""
         seq = self.sequence_dir(index)
-        if not seq.preview.exists() or (self.write_sdf and not sdf_path(seq).exists()):
+        if not seq.preview.exists() or (self.write_sdf and not seq.sdf_video.exists()):
             return False
         return not self.missing_frames(seq)
-
-
-def mesh_path(seq: SequenceDir, frame: int) -> Path:
-    return seq.root / f"mesh_t{frame:03d}.ply"
-
-
-def sdf_path(seq: SequenceDir) -> Path:
-    return seq.root / "sdf.h5"
 
 
 @dataclass(frozen=True)
@@ -165,9 +156,6 @@ class SequenceRenderer:
         self.decoder = decoder.to(self.device).eval()
         self.settings = settings
 
-    def ready(self) -> bool:
-        return True
-
     def render(self, task: SequenceTask, on_frame: Callable[[int, int], None] | None = None) -> SequenceStats:
         """Render the frames of ``task`` that are missing and the sequence files; skip done work."""
         settings = self.settings
@@ -177,7 +165,7 @@ class SequenceRenderer:
         started = time.perf_counter()
         code = torch.tensor(task.code, dtype=torch.float32, device=self.device).reshape(1, -1)
         rotation = torch.tensor(task.rotation, dtype=torch.float32, device=self.device)
-        need_sdf = settings.write_sdf and not sdf_path(seq).exists()
+        need_sdf = settings.write_sdf and not seq.sdf_video.exists()
         frames = range(len(settings.times)) if need_sdf else settings.missing_frames(seq)
         evaluations = 0
         with ExitStack() as stack:
@@ -185,7 +173,7 @@ class SequenceRenderer:
             if need_sdf:
                 write_sdf = stack.enter_context(
                     sdf_video_writer(
-                        sdf_path(seq),
+                        seq.sdf_video,
                         len(settings.times),
                         settings.size,
                         list(settings.times),
@@ -198,8 +186,8 @@ class SequenceRenderer:
                 evaluations += result.evaluations
                 if write_sdf is not None:
                     write_sdf(frame, result.sdf)
-                if settings.write_mesh and not mesh_path(seq, frame).exists():
-                    write_ply(mesh_path(seq, frame), *surface_mesh(result.sdf, settings.voxel_size))
+                if settings.write_mesh and not seq.mesh(frame).exists():
+                    write_ply(seq.mesh(frame), *surface_mesh(result.sdf, settings.voxel_size))
                 if not (seq.mask(frame).exists() and seq.mip(frame).exists()):
                     write_frame(seq.mask(frame), seq.mip(frame), result.mask, settings.voxel_size)
                 if count == 0:
