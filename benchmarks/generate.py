@@ -15,7 +15,9 @@ clamped at 32 voxels, like a model trained with the clamp as normalisation):
 - ``filo``: a filopodial phantom cell (``cellgen phantoms --line filo``, last frame), its exact
   signed distance (EDT, ``cellgen.data.sdf.signed_distance``) interpolated trilinearly.
 
-The shape term costs a small fraction of the network's time (printed as "shape share").
+The shape term costs a small fraction of the network's time (printed as "shape share"). The
+adaptive voxelizer runs with the defaults of ``generate`` (coarse cell 8, safety 0.8, margin
+0.05 SDF units) unless --coarse-cell / --safety / --margin say otherwise.
 Dense at ``--size`` is timed directly with ``--full``; otherwise it is timed at ``--dense-size``
 and extrapolated by its points per second (the dense cost is linear in the points: equal chunks)
 and the agreement is measured at ``--dense-size``. With ``--checkpoint``, a trained model's
