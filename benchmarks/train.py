@@ -32,14 +32,13 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cellgen.config import load_config  # noqa: E402
 from cellgen.data.shards import ShardReader  # noqa: E402
 from cellgen.model.autodecoder import AutoDecoder  # noqa: E402
 from cellgen.model.decoder import count_parameters  # noqa: E402
-from cellgen.train.loop import build_optimizer, code_norm_loss, code_reg_weight, learning_rates, set_learning_rates, train_epoch  # noqa: E402
+from cellgen.train.loop import build_optimizer, code_reg_weight, learning_rates, set_learning_rates, train_epoch  # noqa: E402
 from cellgen.train.synthetic import write_sphere_dataset  # noqa: E402
 
 
