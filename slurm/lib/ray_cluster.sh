@@ -107,13 +107,10 @@ ray_cluster_start() {
 ray_cluster_stop() {
   [ -n "${RAY_ADDRESS:-}" ] || return 0
   log "stopping Ray"
-  local node
-  for node in "${NODES[@]}"; do
-    srun --overlap -N1 -n1 -w "$node" "${RUN[@]}" ray stop --force >/dev/null 2>&1 || true
-  done
-  # "ray stop" does not end "srun ray start --block": end those steps too, then reap them.
+  # End the "srun ray start --block" steps: each one then stops the Ray processes it started.
+  # (No "ray stop": it kills every Ray runtime of this user on the node, other jobs' too.)
   local pid
-  for pid in "${RAY_STEP_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${RAY_STEP_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${RAY_STEP_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   RAY_ADDRESS=""
 }
