@@ -35,18 +35,10 @@ cellgen_runner "$(realpath "$EXP")" "$(realpath "$OUT")"
 trap ray_cluster_stop EXIT
 ray_cluster_start
 
-cpus="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}"
-gpus="${SLURM_GPUS_ON_NODE:-0}"
-case "$gpus" in *[!0-9]*) gpus=$(echo "$gpus" | grep -o '[0-9]*$');; esac
-if [ "${gpus:-0}" -gt 0 ]; then
-  workers=$((RAY_NODES * gpus)); device=(--gpu)
-else
-  cpw="${CELLGEN_CPUS_PER_WORKER:-$cpus}"
-  workers=$((RAY_NODES * (cpus / cpw > 0 ? cpus / cpw : 1))); device=(--no-gpu)
-fi
+plan_workers
 
-log "cellgen generate: $workers actors over $RAY_NODES nodes"
-"${RUN[@]}" cellgen generate "$EXP" "$OUT" --address "$RAY_ADDRESS" --workers "$workers" "${device[@]}" "$@"
+log "cellgen generate: $WORKERS actors over $RAY_NODES nodes"
+"${RUN[@]}" cellgen generate "$EXP" "$OUT" --address "$RAY_ADDRESS" --workers "$WORKERS" "${DEVICE[@]}" "$@"
 rc=$?
 log "cellgen generate finished with exit code $rc"
 exit "$rc"

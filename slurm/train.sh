@@ -41,24 +41,16 @@ cellgen_runner "$(realpath "$DATA")" "$(realpath "$EXP")" "$(realpath "$(dirname
 trap ray_cluster_stop EXIT
 ray_cluster_start
 
-cpus="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}"
-gpus="${SLURM_GPUS_ON_NODE:-0}"
-case "$gpus" in *[!0-9]*) gpus=$(echo "$gpus" | grep -o '[0-9]*$');; esac
-if [ "${gpus:-0}" -gt 0 ]; then
-  workers=$((RAY_NODES * gpus)); cpw=$(( cpus / gpus > 0 ? cpus / gpus : 1 )); device=(--gpu)
-else
-  cpw="${CELLGEN_CPUS_PER_WORKER:-$cpus}"
-  workers=$((RAY_NODES * (cpus / cpw > 0 ? cpus / cpw : 1))); device=(--no-gpu)
-fi
+plan_workers
 resume=()
 if compgen -G "$EXP/checkpoints/epoch_*.pt" >/dev/null; then
   resume=(--resume)
   log "checkpoints found in $EXP: resuming (restart ${SLURM_RESTART_COUNT:-0})"
 fi
 
-log "cellgen train: $workers workers x $cpw CPUs over $RAY_NODES nodes"
+log "cellgen train: $WORKERS workers x $CPUS_PER_WORKER CPUs over $RAY_NODES nodes"
 "${RUN[@]}" cellgen train "$CONFIG" -o "$EXP" --data "$DATA" --address "$RAY_ADDRESS" \
-  --workers "$workers" "${device[@]}" --set "train.cpus_per_worker=$cpw" "${resume[@]}" "$@" &
+  --workers "$WORKERS" "${DEVICE[@]}" --set "train.cpus_per_worker=$CPUS_PER_WORKER" "${resume[@]}" "$@" &
 stage=$!
 trap 'log "SIGTERM: asking training to checkpoint and stop"; kill -TERM "$stage" 2>/dev/null' TERM
 # wait returns early when a trapped signal arrives: wait until the stage has really ended.

@@ -36,14 +36,36 @@ _ray_alive_nodes() {
     awk '/^Active:/{a=1;next} /^(Pending|Recent failures):/{a=0} a && /node_/{n++} END{print n+0}'
 }
 
+# CPUs and GPUs per node of this allocation -> ALLOC_CPUS, ALLOC_GPUS.
+allocation() {
+  ALLOC_CPUS="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}"
+  ALLOC_GPUS="${SLURM_GPUS_ON_NODE:-0}"
+  case "$ALLOC_GPUS" in *[!0-9]*) ALLOC_GPUS=$(echo "$ALLOC_GPUS" | grep -o '[0-9]*$');; esac
+  ALLOC_GPUS="${ALLOC_GPUS:-0}"
+}
+
+# Workers for the stage: one per GPU of the allocation, else one per CELLGEN_CPUS_PER_WORKER
+# cores (default: one per node using all its cores) -> WORKERS, CPUS_PER_WORKER, DEVICE (array).
+plan_workers() {
+  allocation
+  if [ "$ALLOC_GPUS" -gt 0 ]; then
+    WORKERS=$((RAY_NODES * ALLOC_GPUS))
+    CPUS_PER_WORKER=$(( ALLOC_CPUS / ALLOC_GPUS > 0 ? ALLOC_CPUS / ALLOC_GPUS : 1 ))
+    DEVICE=(--gpu)
+  else
+    CPUS_PER_WORKER="${CELLGEN_CPUS_PER_WORKER:-$ALLOC_CPUS}"
+    WORKERS=$((RAY_NODES * (ALLOC_CPUS / CPUS_PER_WORKER > 0 ? ALLOC_CPUS / CPUS_PER_WORKER : 1)))
+    DEVICE=(--no-gpu)
+  fi
+}
+
 ray_cluster_start() {
   local timeout="${CELLGEN_JOIN_TIMEOUT:-180}"
   local port="${CELLGEN_RAY_PORT:-$((6379 + ${SLURM_JOB_ID:-0} % 1000))}"
   local dash_host="${CELLGEN_DASHBOARD_HOST:-127.0.0.1}"
   local dash_port="${CELLGEN_DASHBOARD_PORT:-8265}"
-  local cpus="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}"
-  local gpus="${SLURM_GPUS_ON_NODE:-0}"
-  case "$gpus" in *[!0-9]*) gpus=$(echo "$gpus" | grep -o '[0-9]*$');; esac
+  allocation
+  local cpus="$ALLOC_CPUS" gpus="$ALLOC_GPUS"
 
   mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
   RAY_NODES=${#NODES[@]}
