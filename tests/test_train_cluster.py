@@ -18,7 +18,7 @@ from cellgen.layout import ExperimentDir
 from cellgen.train.experiment import read_metrics
 from cellgen.train.synthetic import write_sphere_dataset
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SCRIPT = textwrap.dedent(
     """

@@ -19,7 +19,7 @@ from cellgen.train.checkpoint import load_trained_model
 from cellgen.train.experiment import read_metrics
 from cellgen.train.synthetic import write_sphere_dataset
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 TINY_CONFIG = """\
 name: tiny
