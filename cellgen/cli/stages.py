@@ -2,7 +2,7 @@
 
 import importlib
 
-_MODULES = ["phantoms", "prepare", "train", "reconstruct", "fit", "generate", "evaluate", "render", "demo"]
+_MODULES = ["phantoms", "prepare", "train", "reconstruct", "fit", "generate", "evaluate", "render", "demo", "export"]
 
 for _name in _MODULES:
     try:

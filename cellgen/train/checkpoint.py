@@ -6,10 +6,14 @@ Keys: ``format`` (1), ``epoch`` (epochs completed), ``model`` (AutoDecoder state
 ``sdf_factor_min`` / ``sdf_factor_max`` (voxels per SDF unit over all training frames),
 ``normalisation`` ("frame" | "fixed"), ``cellgen_version``. Only tensors, primitives, lists and
 dicts, so nothing in a checkpoint can execute code when loaded.
+
+An exported model (``export_model``, ``cellgen export``) is the same format without
+``optimizer``: what generation needs, nothing machine- or time-dependent, byte-stable.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -26,6 +30,10 @@ from cellgen.model.autodecoder import AutoDecoder
 
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = ("format", "epoch", "model", "config", "sequences", "frames", "data_size")
+EXPORTED_KEYS = (
+    "data_hash", "sdf_factor_min", "sdf_factor_max", "normalisation", "cellgen_version",
+)
+"""What an exported model keeps besides REQUIRED_KEYS: the facts generation needs (no optimiser)."""
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -90,6 +98,37 @@ def load_trained_model(exp_or_checkpoint: Path, device: Any = "cpu") -> TrainedM
         raise CheckpointError("checkpoint weights do not fit its config", path, str(err)[:120]) from None
     model.to(device).eval()
     return TrainedModel(model=model, config=config, checkpoint=state, path=path)
+
+
+def export_model(checkpoint_or_exp: Path, out: Path) -> Path:
+    """Write a stripped copy of a checkpoint (an experiment's newest, or one file) to ``out``:
+    model weights, resolved config and generation metadata; no optimiser state, no paths.
+
+    The bytes depend only on the checkpoint's content: ``torch.save`` names the zip's records
+    after the file it writes to, so the model is serialised in memory (fixed record names, zip
+    times fixed to 1980) and then written atomically. Loads with ``load_trained_model(out)``.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise CheckpointError("the export target is a folder", out, "give a file name, e.g. model.pt")
+    source = find_checkpoint(checkpoint_or_exp)
+    trained = load_trained_model(source)  # refuses foreign files and weights that do not fit
+    state = trained.checkpoint
+    stripped = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": int(state["epoch"]),
+        "model": {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state["model"].items()},
+        "config": trained.config.to_dict(),
+        "sequences": [str(name) for name in state["sequences"]],
+        "frames": [int(n) for n in state["frames"]],
+        "data_size": [int(n) for n in state["data_size"]],
+    }
+    stripped.update({key: state[key] for key in EXPORTED_KEYS if key in state})
+    buffer = io.BytesIO()
+    torch.save(stripped, buffer)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return out
 
 
 def check_compatible(state: dict, config: CellgenConfig, data_hash: str | None, path: Path) -> None:
