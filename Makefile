@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= out/demo
+MODELS_OUT ?= out/models
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean models
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,13 @@ install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/cellgen demo $(OUT)
+
+# The shipped demo models (cellgen/models/demo-*.pt + SHA256SUMS), rebuilt bit for bit on CPU:
+# a fresh `cellgen demo` run (same pipeline and configs/demo.yaml), then export of its 3 lines.
+models: $(BIN)/.installed
+	rm -rf $(MODELS_OUT)
+	$(BIN)/cellgen demo $(MODELS_OUT)
+	$(BIN)/python -m cellgen.models $(MODELS_OUT)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,5 @@
-"""``cellgen generate EXP OUT``: sample new cells from a trained model and write their masks."""
+"""``cellgen generate EXP OUT`` (or ``--model NAME OUT``): sample new cells from a trained model
+and write their masks."""
 
 from __future__ import annotations
 
@@ -9,12 +10,23 @@ import typer
 
 from cellgen.cli.app import command, info, print_result
 from cellgen.cli.common import AddressOpt, ForceOpt, GpuOpt, SeedOpt, SetOpt, SizeOpt, WorkersOpt
+from cellgen.errors import ConfigError
 
 
 @command("generate")
 def generate(
-    exp: Annotated[Path, typer.Argument(help="Experiment folder (config.yaml, checkpoints/).")],
-    out: Annotated[Path, typer.Argument(help="Output folder: OUT/seq_000/mask_t000.tif ... and OUT/manifest.json.")],
+    exp: Annotated[
+        Optional[Path],
+        typer.Argument(help="Experiment folder (config.yaml, checkpoints/); left out with --model.", metavar="EXP", show_default=False),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Argument(help="Output folder: OUT/seq_000/mask_t000.tif ... and OUT/manifest.json.", metavar="OUT", show_default=False),
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", metavar="NAME", help="A shipped model (demo-plat, demo-cele, demo-filo) or an exported .pt file, instead of EXP."),
+    ] = None,
     n: Annotated[Optional[int], typer.Option("--n", help="Number of sequences.")] = None,
     size: SizeOpt = None,
     frames: Annotated[Optional[int], typer.Option("--frames", help="Time points per sequence, spread over the learned time range.")] = None,
@@ -48,9 +60,12 @@ def generate(
     ] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Generate new 3D+t cells: masks, MIPs and a preview per sequence, and a manifest."""
+    """Generate new 3D+t cells: masks, MIPs and a preview per sequence, and a manifest.
+
+    From a trained experiment (EXP OUT) or a model file (--model NAME OUT)."""
     from cellgen.generate.stage import GenerateRequest, generate_cells, resolve_generate_config
 
+    exp, out, checkpoint = _source(exp, out, model, checkpoint)
     overrides = list(set_ or [])
     for key, value in (
         ("n", n), ("size", size), ("frames", frames), ("strategy", strategy), ("sigma", sigma),
@@ -81,3 +96,22 @@ def generate(
         f"{summary.rendered} sequence(s), {summary.frames_rendered} frame(s) rendered in {summary.seconds:.1f} s "
         f"({summary.evaluations} network evaluations) -> {out}"
     )
+
+
+def _source(exp: Path | None, out: Path | None, model: str | None, checkpoint: Path | None) -> tuple[Path, Path, Path | None]:
+    """(experiment, OUT, checkpoint) from the positionals and --model: with --model the one
+    positional is OUT and the model file stands in for both experiment and checkpoint."""
+    if model is None:
+        if out is None:
+            raise ConfigError("generate needs EXP and OUT, only one folder was given", exp, "cellgen generate EXP OUT, or --model NAME OUT")
+        return exp, out, checkpoint
+    if out is not None:
+        raise ConfigError("give EXP or --model, not both", f"{exp} and --model {model}", f"cellgen generate --model {model} OUT")
+    if exp is None:
+        raise ConfigError("generate needs an output folder", None, f"cellgen generate --model {model} OUT")
+    if checkpoint is not None:
+        raise ConfigError("give --checkpoint or --model, not both", checkpoint, "--model names one model file already")
+    from cellgen.models import resolve
+
+    path = resolve(model)
+    return path, exp, path
