@@ -70,9 +70,18 @@ def run_demo(request: DemoRequest, say: Callable[[str], None] = print) -> DemoSu
     out = ensure_writable_dir(request.out)
     started = time.perf_counter()
     results = []
-    for number, line in enumerate(request.lines, 1):
-        say(f"[{number}/{len(request.lines)}] {line}")
-        results.append(_run_line(request, line, out / line, say))
+    from cellgen.train.ray_job import connect, disconnect
+
+    # One Ray runtime for the whole demo (each stage reuses it): starting one costs ~10-20 s on
+    # the 2-core machine, and the dashboard then shows every training run of the demo.
+    started_ray = connect(request.address)
+    try:
+        for number, line in enumerate(request.lines, 1):
+            say(f"[{number}/{len(request.lines)}] {line}")
+            results.append(_run_line(request, line, out / line, say))
+    finally:
+        if started_ray:
+            disconnect()
     summary = DemoSummary(out=out, lines=results, seconds=time.perf_counter() - started)
     write_text_atomic(out / "SUMMARY.md", summary_markdown(summary))
     return summary

@@ -142,6 +142,13 @@ def connect(address: str | None, dashboard_host: str = "127.0.0.1") -> bool:
     return True
 
 
+def disconnect() -> None:
+    """Shut down the Ray runtime that ``connect`` started."""
+    import ray
+
+    ray.shutdown()
+
+
 def check_resources(plan: TrainPlan) -> None:
     """Refuse a run the cluster cannot place (it would wait forever)."""
     import ray
