@@ -127,6 +127,10 @@ def connect(address: str | None, dashboard_host: str = "127.0.0.1") -> bool:
     """Join the cluster at ``address``, or reuse/start an embedded local Ray. True if started here."""
     import ray
 
+    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)  # read by the driver, passed to the controller
+    # Ray Train's run state in the dashboard (Train tab, /api/train/v2/runs) is off unless asked
+    # for; set before ray.init so the runtime's processes inherit it.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     if ray.is_initialized():
         return False
     try:
@@ -233,9 +237,6 @@ def run_training(plan: TrainPlan, address: str | None = None, dashboard_host: st
     cfg = plan.cellgen_config.train
     exp = ExperimentDir(Path(plan.exp))
     plan.faults = {k: os.environ[k] for k in (FAULT_EPOCH, FAULT_MARKER) if k in os.environ}
-    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)  # read by the driver, passed to the controller
-    # Ray Train's run state in the dashboard (Train tab, /api/train/v2/runs) is off unless asked for.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     started_here = connect(address, dashboard_host)
     try:
         check_resources(plan)
