@@ -8,7 +8,7 @@ Keys: ``format`` (1), ``epoch`` (epochs completed), ``model`` (AutoDecoder state
 dicts, so nothing in a checkpoint can execute code when loaded.
 
 An exported model (``export_model``, ``cellgen export``) is the same format without
-``optimizer``: what generation needs, nothing machine- or time-dependent, byte-stable.
+``optimizer`` and ``data_hash``: what generation needs, nothing machine- or time-dependent.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from cellgen.model.autodecoder import AutoDecoder
 
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = ("format", "epoch", "model", "config", "sequences", "frames", "data_size")
-EXPORTED_KEYS = (
-    "data_hash", "sdf_factor_min", "sdf_factor_max", "normalisation", "cellgen_version",
-)
-"""What an exported model keeps besides REQUIRED_KEYS: the facts generation needs (no optimiser)."""
+EXPORTED_KEYS = ("sdf_factor_min", "sdf_factor_max", "normalisation", "cellgen_version")
+"""What an exported model keeps besides REQUIRED_KEYS: the facts generation needs. Not the
+optimiser, and not ``data_hash``: prepare's settings hash covers the source files' mtimes (its
+rerun check), so it differs between two identical builds and would make exports time-dependent."""
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -102,7 +102,7 @@ def load_trained_model(exp_or_checkpoint: Path, device: Any = "cpu") -> TrainedM
 
 def export_model(checkpoint_or_exp: Path, out: Path) -> Path:
     """Write a stripped copy of a checkpoint (an experiment's newest, or one file) to ``out``:
-    model weights, resolved config and generation metadata; no optimiser state, no paths.
+    model weights, resolved config and generation metadata; no optimiser state, no paths, no times.
 
     The bytes depend only on the checkpoint's content: ``torch.save`` names the zip's records
     after the file it writes to, so the model is serialised in memory (fixed record names, zip
