@@ -11,6 +11,8 @@ learning rates and seed -- changing only the activation or omega:
     sine30     the demo preset (sin, omega 30)        -- the baseline of the ratios
     relu       ReLU (DeepSDF-style baseline; PyTorch's default init), the same learning rates
     relu-lr    ReLU with the decoder learning rate doubled (is the shared lr unfair to ReLU?)
+    relu-3x    ReLU with 3x the epochs (and the lr schedule stretched 3x): NOT the same budget,
+               a check of whether ReLU merely learns slower
     sine10     omega 10
     sine60     omega 60
     sine30f90  omega 30, first layer omega 90 (the first layer's init U(-1/n, 1/n) with
@@ -21,6 +23,7 @@ Training runs in this process (one worker, ``train.cpus_per_worker=2``, no Ray),
 model is voxelized at the training size (``cellgen.train.reconstruct``) and compared with the
 ground truth, frame by frame:
 
+- train s: epochs x the median epoch's wall time (robust to other work on the machine).
 - Dice: mean over sequences (each the mean over its frames), and the worst sequence's.
 - area / GT (surface noise): surface area of the reconstruction over that of the ground truth,
   both measured the same way (``evaluate.descriptors.surface_area``: marching cubes of the mask,
@@ -36,9 +39,9 @@ ground truth, frame by frame:
 Runs are cached in OUT (phantoms, prepared data, one experiment folder per variant and
 configuration hash): a rerun skips finished trainings and reconstructions. The figures
 (``docs/img/sine_vs_relu.png`` and ``docs/img/omega.png``; in OUT with ``--quick``) show
-three frames of the sequence with the most filopodia: the ground truth's zero level set
-(training grid) next to each model's zero level set evaluated on a finer grid (``--figure-size``),
-all with the same view and light.
+three frames of the sequence with the most filopodia: the ground truth's surface (training
+grid, as the area measure sees it) next to each model's zero level set evaluated on a finer
+grid (``--figure-size``, continuous values), all with the same view and light.
 """
 
 from __future__ import annotations
@@ -58,10 +61,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
-from cellgen.config import load_config  # noqa: E402
+from cellgen.config import CellgenConfig, apply_override, config_from_dict, load_config  # noqa: E402
 from cellgen.data.phantoms import write_phantoms  # noqa: E402
 from cellgen.data.prepare import prepare  # noqa: E402
-from cellgen.evaluate.descriptors import count_components, surface_area  # noqa: E402
+from cellgen.evaluate.descriptors import count_components, surface_area, surface_mesh  # noqa: E402
 from cellgen.generate.voxelize import voxelize_dense  # noqa: E402
 from cellgen.io import atomic_path, read_json, read_tiff, sha256_json  # noqa: E402
 from cellgen.layout import DataDir, ExperimentDir, SequenceDir, sequence_name  # noqa: E402
@@ -85,19 +88,22 @@ class Variant:
     overrides: tuple[str, ...]
     lr_decoder_factor: float = 1.0
     """Times the preset's decoder learning rate."""
+    epochs_factor: int = 1
+    """Times the study's epochs, with the lr schedule (lr_step) stretched alike."""
 
 
 VARIANTS = (
     Variant("sine30", "sine, omega 30 (demo)", ()),
     Variant("relu", "ReLU", ("model.activation=relu",)),
     Variant("relu-lr", "ReLU, 2x decoder lr", ("model.activation=relu",), lr_decoder_factor=2.0),
+    Variant("relu-3x", "ReLU, 3x epochs", ("model.activation=relu",), epochs_factor=3),
     Variant("sine10", "sine, omega 10", ("model.omega=10",)),
     Variant("sine60", "sine, omega 60", ("model.omega=60",)),
     Variant("sine30f90", "sine, omega 30, first 90", ("model.omega_first=90",)),
 )
 BASELINE = "sine30"
 FIGURES = {
-    "sine_vs_relu.png": ("sine30", "relu"),
+    "sine_vs_relu.png": ("sine30", "relu", "relu-3x"),
     "omega.png": ("sine10", "sine30", "sine60", "sine30f90"),
 }
 
@@ -106,27 +112,37 @@ FIGURES = {
 
 
 def make_data(out: Path, size: tuple[int, int, int], data_cfg) -> Path:
-    masks, data = out / "masks", out / "data"
+    """Phantoms and prepared data in folders named by their settings, so a changed preset
+    prepares anew instead of overwriting what cached runs were trained on."""
+    masks = out / f"masks-{'x'.join(str(n) for n in size)}"
+    data = out / f"data-{sha256_json(data_cfg.model_dump(mode='json'))[:8]}"
     write_phantoms(masks, LINE, SEQUENCES, FRAMES, size, SEED)
     prepare(masks, data, data_cfg, progress=False)
     return data
 
 
-def variant_config(variant: Variant, epochs: int):
-    config = load_config("demo", [f"line={LINE}", f"train.epochs={epochs}", "train.workers=1",
-                                  "train.cpus_per_worker=2", *variant.overrides])
+def variant_config(variant: Variant, demo: CellgenConfig, epochs: int) -> CellgenConfig:
+    """The demo preset (read once, so a preset edited mid-study changes no variant) with the
+    variant's changes, trained in this process by one worker on 2 threads."""
+    raw = demo.to_dict()
+    for item in (f"train.epochs={epochs}", "train.workers=1", "train.cpus_per_worker=2", *variant.overrides):
+        apply_override(raw, item)
+    config = config_from_dict(raw)
     config.train.lr_decoder *= variant.lr_decoder_factor
+    config.train.epochs *= variant.epochs_factor
+    config.train.lr_step *= variant.epochs_factor
     return config
 
 
-def train(variant: Variant, epochs: int, data: Path, runs: Path) -> Path:
-    """Train one variant into RUNS/<key>-<config hash> unless a finished run is there."""
-    config = variant_config(variant, epochs)
-    exp = ExperimentDir(runs / f"{variant.key}-{sha256_json(config.to_dict())[:8]}")
+def train(variant: Variant, demo: CellgenConfig, epochs: int, data: Path, runs: Path) -> Path:
+    """Train one variant into RUNS/<key>-<hash of config and data> unless a finished run is there."""
+    config = variant_config(variant, demo, epochs)
+    data_hash = read_json(DataDir(data).manifest)["settings_hash"]
+    exp = ExperimentDir(runs / f"{variant.key}-{sha256_json([config.to_dict(), data_hash])[:8]}")
     latest = exp.checkpoints()
-    if latest and latest[-1][0] >= epochs:
+    if latest and latest[-1][0] >= config.train.epochs:
         return exp.root
-    print(f"training {variant.key} ({epochs} epochs) -> {exp.root}", file=sys.stderr, flush=True)
+    print(f"training {variant.key} ({config.train.epochs} epochs) -> {exp.root}", file=sys.stderr, flush=True)
     plan = plan_training(config, exp.root, data, resume=bool(latest))
     write_run_files(plan)
     run_worker(plan, WorkerContext())
@@ -134,8 +150,10 @@ def train(variant: Variant, epochs: int, data: Path, runs: Path) -> Path:
 
 
 def train_seconds(exp: Path) -> float:
-    """Summed epoch times of metrics.csv (so a resumed run counts every epoch once)."""
-    return sum(float(row["seconds"]) for row in read_metrics(ExperimentDir(exp).metrics))
+    """Epochs x the median epoch time of metrics.csv: on a shared machine the sum would mostly
+    measure who else was running (single epochs took up to 20x the median)."""
+    seconds = [float(row["seconds"]) for row in read_metrics(ExperimentDir(exp).metrics)]
+    return len(seconds) * float(np.median(seconds))
 
 
 # ------------------------------------------------------------------ measures
@@ -184,8 +202,8 @@ def measure(variant: Variant, exp: Path, data: Path, epochs: int) -> Row:
             area_truth += surface_area(truth)
             components.append(count_components(recon))
             filopodia += filopodium_counts(recon, truth)
-    return Row(variant, epochs, train_seconds(exp), result.dice, area / area_truth, float(np.mean(components)),
-               filopodia[0] / filopodia[1], filopodia[3] / filopodia[2])
+    return Row(variant, epochs * variant.epochs_factor, train_seconds(exp), result.dice, area / area_truth,
+               float(np.mean(components)), filopodia[0] / filopodia[1], filopodia[3] / filopodia[2])
 
 
 def read_truth(data: Path, name: str) -> np.ndarray:
@@ -234,6 +252,14 @@ def zero_surface(sdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return zyx[:, ::-1], faces
 
 
+def mask_surface(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ground truth's surface as the area measure sees it (``surface_mesh``: marching cubes
+    of the mask, light Taubin smoothing), in the same x, y, z coordinates as ``zero_surface``."""
+    verts, faces = surface_mesh(mask)  # vertices of the mask padded by one voxel, z y x
+    zyx = -1.0 + 2.0 * (verts - 1.0) / (np.array(mask.shape) - 1.0)
+    return zyx[:, ::-1], faces
+
+
 def draw_surface(ax, verts: np.ndarray, faces: np.ndarray, limits: np.ndarray) -> None:
     """Lambert-shaded triangles, one fixed view and light for every panel."""
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
@@ -266,7 +292,7 @@ def surface_figure(path: Path, data: Path, sequence: int, name: str, frames: lis
     fig = plt.figure(figsize=(2.3 * (len(columns) + 1), 2.3 * len(frames)))
     for row, f in enumerate(frames):
         t = -1.0 + 2.0 * f / (n_frames - 1) if n_frames > 1 else 0.0
-        truth = zero_surface(truth_video[f])
+        truth = mask_surface(truth_video[f] <= 0)
         centre = (truth[0].min(0) + truth[0].max(0)) / 2
         half = (truth[0].max(0) - truth[0].min(0)).max() / 2 * 1.1
         limits = np.stack([centre - half, centre + half], 1)
@@ -320,7 +346,7 @@ def main() -> None:
           f"model: demo preset {demo.model.hidden_dims}, latent {demo.model.latent_dim}; {epochs} epochs, "
           f"lr decoder {demo.train.lr_decoder}, one process, 2 threads")
     variants = [v for v in VARIANTS if args.variants is None or v.key in args.variants]
-    runs = {v.key: train(v, epochs, data, args.out / "runs") for v in variants}
+    runs = {v.key: train(v, demo, epochs, data, args.out / "runs") for v in variants}
     rows = [measure(v, runs[v.key], data, epochs) for v in variants]
     print_table(rows)
 
@@ -333,7 +359,8 @@ def main() -> None:
     for file, keys in FIGURES.items():
         surface_figure(figures / file, data, sequence, names[sequence_name(sequence)], frames,
                        [(labels[k], runs[k]) for k in keys if k in runs], args.figure_size)
-    print(f"\nfigures: sequence {sequence_name(sequence)}, frames {frames}; {time.perf_counter() - started:.0f} s in all")
+    elapsed = time.perf_counter() - started
+    print(f"\nfigures: sequence {sequence_name(sequence)}, frames {frames}; {elapsed:.0f} s in all")
 
 
 if __name__ == "__main__":
