@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cellgen.data.sdf import frame_time
 from cellgen.generate.voxelize import SdfFn, Voxelized, voxelize_adaptive, voxelize_dense
@@ -26,6 +26,7 @@ from cellgen.generate.writers import (
 )
 from cellgen.io import read_tiff
 from cellgen.layout import SequenceDir, sequence_name
+from cellgen.model.decoder import SdfDecoder
 from cellgen.model.rotation import rotate_points
 
 TEST_KILL_MARKER_ENV = "CELLGEN_TEST_KILL_MARKER"
@@ -102,14 +103,14 @@ class SequenceStats:
     seconds: float
 
 
-def sdf_function(decoder: nn.Module, code: Tensor, rotation: Tensor, t: float) -> SdfFn:
-    """xyz (N, 3) -> decoder(code, [xyz @ rotation, t])."""
+def sdf_function(decoder: SdfDecoder, code: Tensor, rotation: Tensor, t: float) -> SdfFn:
+    """xyz (N, 3) -> decoder(code, [xyz @ rotation, t]); the code (1, L)'s share of the network
+    is computed once per call, not once per point (``SdfDecoder.forward_indexed``)."""
 
     def fn(xyz: Tensor) -> Tensor:
-        n = xyz.shape[0]
-        time_column = torch.full((n, 1), float(t), dtype=xyz.dtype, device=xyz.device)
+        time_column = torch.full((xyz.shape[0], 1), float(t), dtype=xyz.dtype, device=xyz.device)
         xyzt = torch.cat([rotate_points(xyz, rotation), time_column], dim=1)
-        return decoder(code.expand(n, -1), xyzt)
+        return decoder.forward_indexed(code, None, xyzt)
 
     return fn
 
@@ -138,7 +139,7 @@ class SequenceRenderer:
 
     def __init__(
         self,
-        decoder: nn.Module | None,
+        decoder: SdfDecoder | None,
         settings: RenderSettings,
         device: str = "cpu",
         checkpoint: str | None = None,

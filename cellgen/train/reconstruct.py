@@ -19,11 +19,10 @@ import torch
 
 from cellgen.errors import InputDataError, OutputError
 from cellgen.evaluate.overlap import dice
-from cellgen.generate.sequence import frame_times, output_voxel_size
+from cellgen.generate.sequence import frame_times, output_voxel_size, sdf_function
 from cellgen.generate.voxelize import voxelize_dense
 from cellgen.io import read_json, read_tiff, sha256_file, write_json_atomic, write_mask_tiff, write_text_atomic
 from cellgen.layout import DataDir, SequenceDir, sequence_name
-from cellgen.model.rotation import rotate_points
 from cellgen.train.checkpoint import load_trained_model
 
 Grid3 = tuple[int, int, int]
@@ -113,7 +112,7 @@ def reconstruct(
                 if path.exists() and not force:
                     mask = read_tiff(path)[0] > 0 if truth_volume is not None else None
                 else:
-                    fn = _sdf_function(model, codes[s : s + 1], rotations[s], t)
+                    fn = sdf_function(model.decoder, codes[s : s + 1], rotations[s], t)
                     mask = voxelize_dense(fn, grid, chunk_points, device=device).mask
                     write_mask_tiff(path, mask, voxel_size)
                     result.frames_written += 1
@@ -125,18 +124,6 @@ def reconstruct(
     if result.dice:
         _write_dice_csv(Path(out) / "dice.csv", result, names)
     return result
-
-
-def _sdf_function(model, code: torch.Tensor, rotation: torch.Tensor, t: float):
-    """xyz (N, 3) -> the learned SDF of one sequence at time t (coordinates rotated by its learned
-    rotation); the latent code's share of the network is computed once, not once per point."""
-
-    def fn(xyz: torch.Tensor) -> torch.Tensor:
-        time_column = torch.full((xyz.shape[0], 1), float(t), dtype=xyz.dtype, device=xyz.device)
-        xyzt = torch.cat([rotate_points(xyz, rotation), time_column], dim=1)
-        return model.decoder.forward_indexed(code, None, xyzt)
-
-    return fn
 
 
 def _claim_output(out: Path, settings: dict, force: bool) -> None:
