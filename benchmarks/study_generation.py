@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from cellgen.config import load_config
+from cellgen.config import GenerateConfig, load_config
 from cellgen.evaluate.report import evaluate
 from cellgen.generate.stage import GenerateRequest, generate_cells
 from cellgen.train.checkpoint import find_checkpoint
@@ -49,22 +49,32 @@ def _grid(masks: Path) -> tuple[list[int], int]:
     return list(read_tiff(frames[0])[0].shape), len(frames)
 
 
-def run(demo: Path, out: Path, line: str, strategy: str, n: int) -> dict:
-    masks, exp = demo / line / "masks", demo / line / "exp"
-    size, frames = _grid(masks)
-    cfg = load_config(str(exp / "config.yaml"), [
+def line_settings(demo: Path, line: str, n: int) -> GenerateConfig:
+    """The line's generate settings at the training grid and frame count, unrotated, seed 1."""
+    exp = demo / line / "exp"
+    size, frames = _grid(demo / line / "masks")
+    return load_config(str(exp / "config.yaml"), [
         f"generate.n={n}", f"generate.size=[{size[0]},{size[1]},{size[2]}]", f"generate.frames={frames}",
-        f"generate.strategy={strategy}", "generate.rotate=false", "generate.seed=1"])
+        "generate.rotate=false", "generate.seed=1"]).generate
+
+
+def training_copies(demo: Path, out: Path, line: str, settings: GenerateConfig) -> Path:
+    """The learned codes decoded unrotated (noise, sigma 0, one per code): the training cells in
+    the network's canonical frame, against which novelty is measured."""
+    copies = out / line / "training_copies"
+    n_codes = len(list((demo / line / "masks").glob("seq_*")))
+    generate_cells(GenerateRequest(checkpoint=find_checkpoint(demo / line / "exp"), out=copies, progress=False,
+                                   settings=settings.model_copy(update={"strategy": "noise", "sigma": 0.0, "n": n_codes})))
+    return copies
+
+
+def run(demo: Path, out: Path, line: str, strategy: str, settings: GenerateConfig, copies: Path) -> dict:
+    masks = demo / line / "masks"
     synthetic, report = out / line / strategy / "synthetic", out / line / strategy / "report"
     t0 = time.perf_counter()
-    checkpoint = find_checkpoint(exp)
-    generate_cells(GenerateRequest(checkpoint=checkpoint, out=synthetic, settings=cfg.generate, progress=False))
+    generate_cells(GenerateRequest(checkpoint=find_checkpoint(demo / line / "exp"), out=synthetic, progress=False,
+                                   settings=settings.model_copy(update={"strategy": strategy})))
     summary = evaluate(masks, synthetic, report, workers=2)
-    # Novelty in the network's canonical frame: against the learned codes decoded unrotated.
-    copies = out / line / "training_copies"
-    n_codes = len(sorted(masks.glob("seq_*")))
-    generate_cells(GenerateRequest(checkpoint=checkpoint, out=copies, progress=False, settings=cfg.generate.model_copy(
-        update={"strategy": "noise", "sigma": 0.0, "n": n_codes})))
     novelty = evaluate(copies, synthetic, out / line / strategy / "novelty", workers=2)
     seconds = time.perf_counter() - t0
     rows = read_csv_rows(report / "descriptors.csv")
@@ -109,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.demo / line / "exp").is_dir():
             print(f"skipping {line}: no {args.demo / line / 'exp'}", file=sys.stderr)
             continue
+        settings = line_settings(args.demo, line, args.n)
+        copies = training_copies(args.demo, args.out, line, settings)
         for strategy in args.strategies.split(","):
-            results.append(run(args.demo, args.out, line, strategy, args.n))
+            results.append(run(args.demo, args.out, line, strategy, settings, copies))
             print(f"  {line} {strategy}: {results[-1]['seconds']:.0f} s", file=sys.stderr)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     header = ("| line | strategy | W1/σ volume | surface area | sphericity | elongation | NN Dice mean / max "
