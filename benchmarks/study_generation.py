@@ -35,6 +35,7 @@ from pathlib import Path
 from cellgen.config import GenerateConfig, load_config
 from cellgen.evaluate.report import evaluate
 from cellgen.generate.stage import GenerateRequest, generate_cells
+from cellgen.layout import DemoLineDir
 from cellgen.train.checkpoint import find_checkpoint
 
 REALISM = ("volume", "surface_area", "sphericity", "elongation")
@@ -51,9 +52,9 @@ def _grid(masks: Path) -> tuple[list[int], int]:
 
 def line_settings(demo: Path, line: str, n: int) -> GenerateConfig:
     """The line's generate settings at the training grid and frame count, unrotated, seed 1."""
-    exp = demo / line / "exp"
-    size, frames = _grid(demo / line / "masks")
-    return load_config(str(exp / "config.yaml"), [
+    dirs = DemoLineDir.of(demo, line)
+    size, frames = _grid(dirs.masks)
+    return load_config(str(dirs.exp / "config.yaml"), [
         f"generate.n={n}", f"generate.size=[{size[0]},{size[1]},{size[2]}]", f"generate.frames={frames}",
         "generate.rotate=false", "generate.seed=1"]).generate
 
@@ -61,20 +62,21 @@ def line_settings(demo: Path, line: str, n: int) -> GenerateConfig:
 def training_copies(demo: Path, out: Path, line: str, settings: GenerateConfig) -> Path:
     """The learned codes decoded unrotated (noise, sigma 0, one per code): the training cells in
     the network's canonical frame, against which novelty is measured."""
+    dirs = DemoLineDir.of(demo, line)
     copies = out / line / "training_copies"
-    n_codes = len(list((demo / line / "masks").glob("seq_*")))
-    generate_cells(GenerateRequest(checkpoint=find_checkpoint(demo / line / "exp"), out=copies, progress=False,
+    n_codes = len(list(dirs.masks.glob("seq_*")))
+    generate_cells(GenerateRequest(checkpoint=find_checkpoint(dirs.exp), out=copies, progress=False,
                                    settings=settings.model_copy(update={"strategy": "noise", "sigma": 0.0, "n": n_codes})))
     return copies
 
 
 def run(demo: Path, out: Path, line: str, strategy: str, settings: GenerateConfig, copies: Path) -> dict:
-    masks = demo / line / "masks"
+    dirs = DemoLineDir.of(demo, line)
     synthetic, report = out / line / strategy / "synthetic", out / line / strategy / "report"
     t0 = time.perf_counter()
-    generate_cells(GenerateRequest(checkpoint=find_checkpoint(demo / line / "exp"), out=synthetic, progress=False,
+    generate_cells(GenerateRequest(checkpoint=find_checkpoint(dirs.exp), out=synthetic, progress=False,
                                    settings=settings.model_copy(update={"strategy": strategy})))
-    summary = evaluate(masks, synthetic, report, workers=2)
+    summary = evaluate(dirs.masks, synthetic, report, workers=2)
     novelty = evaluate(copies, synthetic, out / line / strategy / "novelty", workers=2)
     seconds = time.perf_counter() - t0
     rows = read_csv_rows(report / "descriptors.csv")
@@ -116,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = []
     for line in args.lines.split(","):
-        if not (args.demo / line / "exp").is_dir():
-            print(f"skipping {line}: no {args.demo / line / 'exp'}", file=sys.stderr)
+        exp = DemoLineDir.of(args.demo, line).exp
+        if not exp.is_dir():
+            print(f"skipping {line}: no {exp}", file=sys.stderr)
             continue
         settings = line_settings(args.demo, line, args.n)
         copies = training_copies(args.demo, args.out, line, settings)

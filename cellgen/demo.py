@@ -17,7 +17,7 @@ from typing import Any
 from cellgen.config import CellgenConfig, load_config
 from cellgen.errors import ConfigError
 from cellgen.io import ensure_writable_dir, write_text_atomic
-from cellgen.layout import ExperimentDir
+from cellgen.layout import DemoLineDir, ExperimentDir
 
 LINES = ("plat", "cele", "filo")
 
@@ -97,8 +97,9 @@ def _run_line(request: DemoRequest, line: str, folder: Path, say: Callable[[str]
     from cellgen.train.reconstruct import reconstruct
 
     cfg = line_config(request, line)
-    masks, data, exp = folder / "masks", folder / "data", folder / "exp"
-    reconstructions, synthetic, report = folder / "reconstructions", folder / "synthetic", folder / "report"
+    dirs = DemoLineDir(folder)
+    masks, data, exp = dirs.masks, dirs.data, dirs.exp
+    reconstructions, synthetic, report = dirs.reconstructions, dirs.synthetic, dirs.report
     seconds: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:

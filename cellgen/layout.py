@@ -32,6 +32,16 @@ Synthetic microscopy (written by ``cellgen render``; each view folder is in the 
     OUT/mip/seq_000/mask_t000.tif      2D uint8 0 / 255: MIP of the 3D mask
     OUT/slice/seq_000/...              2D in-focus slice through the middle of the cell, its mask
     OUT/3d/seq_000/...                 3D uint16 stack and the 3D mask
+
+Demo run (written by ``cellgen demo OUT``), one folder per cell line::
+
+    OUT/SUMMARY.md                     headline figures of every line
+    OUT/<line>/masks/                  training phantoms (mask sequences)
+    OUT/<line>/data/                   prepared data (DATA above)
+    OUT/<line>/exp/                    the trained demo model (EXP above)
+    OUT/<line>/reconstructions/        the model's reconstructions of the phantoms
+    OUT/<line>/synthetic/              generated cells
+    OUT/<line>/report/                 ``cellgen evaluate`` of synthetic vs phantoms
 """
 
 from __future__ import annotations
@@ -207,3 +217,41 @@ class RenderDir:
 
     def sequence(self, view: str, sequence: str) -> SequenceDir:
         return SequenceDir(self.root / view / sequence)
+
+
+@dataclass(frozen=True)
+class DemoLineDir:
+    """One cell line's folder of a ``cellgen demo`` run (``DemoLineDir.of(OUT, line)``)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def of(cls, demo_out: Path, line: str) -> DemoLineDir:
+        return cls(Path(demo_out) / line)
+
+    @property
+    def masks(self) -> Path:
+        return self.root / "masks"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def exp(self) -> Path:
+        return self.root / "exp"
+
+    @property
+    def reconstructions(self) -> Path:
+        return self.root / "reconstructions"
+
+    @property
+    def synthetic(self) -> Path:
+        return self.root / "synthetic"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"

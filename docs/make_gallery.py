@@ -32,10 +32,7 @@ import numpy as np
 from cellgen.demo import LINES
 from cellgen.errors import CellgenError, InputDataError
 from cellgen.io import atomic_path, read_tiff
-from cellgen.layout import SequenceDir, sequence_name
-
-# Sub-folders of one line in a demo run (cellgen/demo.py, _run_line).
-MASKS, RECONSTRUCTIONS, SYNTHETIC, REPORT = "masks", "reconstructions", "synthetic", "report"
+from cellgen.layout import DemoLineDir, SequenceDir, sequence_name
 
 # Surface colours follow the report's: real blue, generated red; the reconstruction in between.
 COLOURS = {"real": "#4a90c8", "reconstruction": "#8a6cc0", "generated": "#d65a4f"}
@@ -66,14 +63,14 @@ class Surface:
 
 
 def line_panels(demo: Path, line: str, generated: int) -> list[Panel]:
-    folder = demo / line
+    dirs = DemoLineDir.of(demo, line)
     first = sequence_name(0)
     panels = [
-        Panel(folder / MASKS / first, f"training phantom {first}", "real"),
-        Panel(folder / RECONSTRUCTIONS / first, f"reconstruction of {first}", "reconstruction"),
+        Panel(dirs.masks / first, f"training phantom {first}", "real"),
+        Panel(dirs.reconstructions / first, f"reconstruction of {first}", "reconstruction"),
     ]
     panels += [
-        Panel(folder / SYNTHETIC / sequence_name(i), f"generated {sequence_name(i)}", "generated")
+        Panel(dirs.synthetic / sequence_name(i), f"generated {sequence_name(i)}", "generated")
         for i in range(generated)
     ]
     return panels
@@ -235,7 +232,7 @@ def write_report_plot(demo: Path, line: str, path: Path) -> None:
     """The report's distribution histograms of a few descriptors, from its descriptors.csv."""
     from cellgen.evaluate.plots import plot_distributions
 
-    table = demo / line / REPORT / "descriptors.csv"
+    table = DemoLineDir.of(demo, line).report / "descriptors.csv"
     if not table.is_file():
         raise InputDataError("no report table", table, "run `cellgen demo` to the end (evaluate writes it)")
     values: dict[str, dict[str, list[float]]] = {"real": {}, "synthetic": {}}

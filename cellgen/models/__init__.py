@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cellgen.demo import LINES
 from cellgen.errors import CellgenError, CheckpointError
+from cellgen.layout import DemoLineDir
 
 MODELS_DIR = Path(__file__).resolve().parent
 CHECKSUMS = "SHA256SUMS"
@@ -77,7 +78,7 @@ def ship_demo_models(demo_out: Path, folder: Path = MODELS_DIR, lines: Sequence[
 
     sources = {}
     for line in lines:  # check every line before replacing any shipped file
-        checkpoint = find_checkpoint(Path(demo_out) / line / "exp")
+        checkpoint = find_checkpoint(DemoLineDir.of(demo_out, line).exp)
         state = load_checkpoint(checkpoint)
         epochs = int(state["config"]["train"]["epochs"])
         if int(state["epoch"]) < epochs:
