@@ -9,8 +9,9 @@ import torch
 from scipy.spatial.transform import Rotation
 from test_generate_fixtures import CLAMP, TRAIN_SIZE, tiny_model  # noqa: F401  (fixture)
 
-from cellgen.generate.sequence import sdf_function
+from cellgen.generate.sequence import sdf_function, without_debris
 from cellgen.generate.voxelize import (
+    Voxelized,
     grid_axes,
     sphere_sdf,
     torus_sdf,
@@ -161,3 +162,33 @@ def test_adaptive_agrees_with_dense_on_a_trained_siren(tiny_model, shape):  # no
         differing = int((dense.mask != adaptive.mask).sum())
         assert differing <= 0.001 * dense.mask.size
         assert adaptive.evaluations * 4 < dense.evaluations
+
+
+def _balls(shape, balls):
+    """SDF (voxel units) of a union of balls ((z, y, x), radius) on a grid."""
+    grid = np.indices(shape).astype(np.float32)
+    sdf = np.full(shape, np.inf, dtype=np.float32)
+    for centre, radius in balls:
+        distance = np.sqrt(sum((grid[i] - c) ** 2 for i, c in enumerate(centre))) - radius
+        sdf = np.minimum(sdf, distance)
+    return sdf
+
+
+def test_debris_is_removed_from_mask_and_sdf_but_daughters_stay():
+    # A body (radius 8) with a detached island (radius 2, ~1.6 % of the body's volume).
+    sdf = _balls((40, 40, 40), [((20, 20, 15), 8.0), ((20, 20, 33), 2.0)])
+    raw = Voxelized(sdf <= 0, sdf, evaluations=0)
+    clean = without_debris(raw, 0.2)
+    body = _balls((40, 40, 40), [((20, 20, 15), 8.0)]) <= 0
+    np.testing.assert_array_equal(clean.mask, body)
+    assert clean.debris_voxels == np.count_nonzero(raw.mask & ~body) > 0
+    assert (clean.sdf[raw.mask & ~body] > 0).all()  # the island is outside in the kept SDF too
+    np.testing.assert_array_equal(clean.sdf[body], sdf[body])
+    np.testing.assert_array_equal(clean.mask, clean.sdf <= 0)
+    # 0 keeps the raw output; two cells of similar size (a division) both stay.
+    assert without_debris(raw, 0.0) is raw
+    daughters = _balls((40, 40, 40), [((20, 20, 11), 7.0), ((20, 20, 29), 6.0)])
+    split = Voxelized(daughters <= 0, None, evaluations=0)
+    assert without_debris(split, 0.2) is split
+    # A threshold above the smaller daughter's share removes it.
+    assert without_debris(split, 0.7).debris_voxels == np.count_nonzero(split.mask[:, :, 20:])

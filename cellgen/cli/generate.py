@@ -92,6 +92,11 @@ def generate(
     )
     if summary.skipped:
         info(f"cellgen: {summary.skipped} sequence(s) were already complete")
+    if summary.debris_frames:
+        info(
+            f"cellgen: removed small disconnected pieces in {summary.debris_frames} frame(s) "
+            f"(below {settings.debris_fraction:g} of the cell; --set generate.debris_fraction=0 keeps them)"
+        )
     print_result(
         f"{summary.rendered} sequence(s), {summary.frames_rendered} frame(s) rendered in {summary.seconds:.1f} s "
         f"({summary.evaluations} network evaluations) -> {out}"

@@ -9,13 +9,14 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from cellgen.data.sdf import frame_time
+from cellgen.data.sdf import frame_time, remove_debris
 from cellgen.generate.voxelize import SdfFn, Voxelized, voxelize_adaptive, voxelize_dense
 from cellgen.generate.writers import (
     sdf_video_writer,
@@ -65,6 +66,8 @@ class RenderSettings:
     voxel_size: tuple[float, float, float]
     write_sdf: bool = False
     write_mesh: bool = False
+    debris_fraction: float = 0.0
+    """Remove pieces smaller than this fraction of a frame's largest piece (0 = raw output)."""
 
     def sequence_dir(self, index: int) -> SequenceDir:
         return SequenceDir(Path(self.out) / sequence_name(index))
@@ -101,6 +104,9 @@ class SequenceStats:
     frames_rendered: int
     evaluations: int
     seconds: float
+    debris_frames: int = 0
+    """Frames in which pieces were removed as debris."""
+    debris_voxels: int = 0
 
 
 def sdf_function(decoder: SdfDecoder, code: Tensor, rotation: Tensor, t: float) -> SdfFn:
@@ -116,6 +122,28 @@ def sdf_function(decoder: SdfDecoder, code: Tensor, rotation: Tensor, t: float) 
 
 
 def voxelize(sdf_fn: SdfFn, settings: RenderSettings, device: torch.device, keep_sdf: bool) -> Voxelized:
+    """The frame's mask (and SDF when kept), with debris removed as ``settings`` asks."""
+    return without_debris(_voxelize_raw(sdf_fn, settings, device, keep_sdf), settings.debris_fraction)
+
+
+def without_debris(result: Voxelized, debris_fraction: float) -> Voxelized:
+    """``result`` without pieces smaller than ``debris_fraction`` of its largest piece; in a kept
+    SDF the removed voxels turn positive (outside), so a mesh made from it agrees with the mask."""
+    if debris_fraction <= 0:
+        return result
+    mask = remove_debris(result.mask, debris_fraction)
+    removed = result.mask & ~mask
+    count = int(np.count_nonzero(removed))
+    if not count:
+        return result
+    sdf = result.sdf
+    if sdf is not None:
+        sdf = sdf.copy()
+        sdf[removed] = np.maximum(np.abs(sdf[removed]), np.float32(1e-6))
+    return replace(result, mask=mask, sdf=sdf, debris_voxels=count)
+
+
+def _voxelize_raw(sdf_fn: SdfFn, settings: RenderSettings, device: torch.device, keep_sdf: bool) -> Voxelized:
     if settings.voxelizer == "dense":
         return voxelize_dense(sdf_fn, settings.size, settings.chunk_points, device=device)
     if settings.units_per_sdf is None:
@@ -168,7 +196,7 @@ class SequenceRenderer:
         rotation = torch.tensor(task.rotation, dtype=torch.float32, device=self.device)
         need_sdf = settings.write_sdf and not seq.sdf_video.exists()
         frames = range(len(settings.times)) if need_sdf else settings.missing_frames(seq)
-        evaluations = 0
+        evaluations = debris_frames = debris_voxels = 0
         with ExitStack() as stack:
             write_sdf = None
             if need_sdf:
@@ -185,6 +213,8 @@ class SequenceRenderer:
                 fn = sdf_function(self.decoder, code, rotation, settings.times[frame])
                 result = voxelize(fn, settings, self.device, keep_sdf=need_sdf or settings.write_mesh)
                 evaluations += result.evaluations
+                debris_frames += result.debris_voxels > 0
+                debris_voxels += result.debris_voxels
                 if write_sdf is not None:
                     write_sdf(frame, result.sdf)
                 if settings.write_mesh and not seq.mesh(frame).exists():
@@ -197,7 +227,9 @@ class SequenceRenderer:
                     on_frame(task.index, frame)
         if not seq.preview.exists() or frames:
             write_preview(seq.preview, [read_tiff(seq.mip(f))[0] for f in range(len(settings.times))])
-        return SequenceStats(task.index, len(frames), evaluations, time.perf_counter() - started)
+        return SequenceStats(
+            task.index, len(frames), evaluations, time.perf_counter() - started, debris_frames, debris_voxels
+        )
 
 
 def _remove_stale_temporaries(folder: Path) -> None:

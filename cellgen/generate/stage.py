@@ -67,6 +67,8 @@ class GenerateSummary:
     frames_rendered: int
     evaluations: int
     seconds: float
+    debris_frames: int = 0
+    """Rendered frames in which small pieces were removed (``generate.debris_fraction``)."""
     stats: list[SequenceStats] = field(default_factory=list)
 
 
@@ -147,6 +149,7 @@ def plan_generation(trained: TrainedModel, request: GenerateRequest) -> Generati
         voxel_size=output_voxel_size(data_size, tuple(s.size)),
         write_sdf=request.write_sdf,
         write_mesh=request.write_mesh,
+        debris_fraction=s.debris_fraction,
     )
     tasks, records = [], []
     for i in range(s.n):
@@ -217,6 +220,7 @@ def _manifest(
         "frames": len(render.times),
         "times": list(render.times),
         "voxelizer": render.voxelizer,
+        "debris_fraction": render.debris_fraction,
         "coarse_cell": render.coarse_cell if render.voxelizer == "adaptive" else None,
         "safety": render.safety if render.voxelizer == "adaptive" else None,
         "margin": render.margin if render.voxelizer == "adaptive" else None,
@@ -310,6 +314,7 @@ def generate_cells(request: GenerateRequest) -> GenerateSummary:
         skipped=len(plan.tasks) - len(todo),
         frames_rendered=sum(st.frames_rendered for st in stats),
         evaluations=sum(st.evaluations for st in stats),
+        debris_frames=sum(st.debris_frames for st in stats),
         seconds=time.perf_counter() - started,
         stats=stats,
     )

@@ -47,6 +47,8 @@ class Voxelized:
     surface when ``keep_sdf``), elsewhere the value of the enclosing block's centre."""
     evaluations: int
     """Points passed through ``sdf_fn``."""
+    debris_voxels: int = 0
+    """Voxels removed afterwards as debris (``sequence.without_debris``)."""
 
 
 def grid_axes(shape: Shape3, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
