@@ -125,6 +125,67 @@ def test_nearest_neighbour_flags_an_exact_copy_only():
     assert not nearest[2]["near_copy"] and nearest[2]["dice"] < 0.95
 
 
+def asymmetric_cell(t: int, n: int = 32, arm: float = 9.0) -> np.ndarray:
+    """An ellipsoid body with one growing arm and a bump on its side: no symmetry left."""
+    z, y, x = np.indices((n, n, n)).astype(float) - (n - 1) / 2
+    body = (z / 5) ** 2 + (y / 6) ** 2 + (x / 8) ** 2 <= 1
+    length = arm + t
+    on_arm = (x >= 0) & (x <= length) & ((z - 3) ** 2 + (y - 2) ** 2 <= 2.2**2)
+    bump = (z + 4) ** 2 + (y + 4) ** 2 + (x + 3) ** 2 <= 3**2
+    return body | on_arm | bump
+
+
+def turned(mask: np.ndarray, matrix: np.ndarray, shift) -> np.ndarray:
+    """``mask`` rotated by ``matrix`` about the grid centre and shifted (voxels), nearest voxel."""
+    from scipy import ndimage
+
+    centre = (np.array(mask.shape) - 1) / 2
+    offset = centre - matrix @ (centre + np.asarray(shift, float))
+    return ndimage.affine_transform(mask.astype(np.float32), matrix, offset, order=1) >= 0.5
+
+
+def posed(name: str, frames: list[np.ndarray]) -> CompactSequence:
+    return CompactSequence.from_frames(name, compare.to_pose(np.stack(frames)), frames[0].shape)
+
+
+def test_principal_pose_puts_the_largest_spread_along_x():
+    z, y, x = np.indices((24, 28, 32)).astype(float)
+    ellipsoid = ((z - 11) / 4) ** 2 + ((y - 14) / 7) ** 2 + ((x - 17) / 11) ** 2 <= 1
+    centroid, rotation = compare.principal_pose(ellipsoid)
+    np.testing.assert_allclose(centroid, [11, 14, 17], atol=1e-6)
+    np.testing.assert_allclose(np.abs(rotation), np.eye(3), atol=1e-6)
+    assert np.linalg.det(rotation) == pytest.approx(1.0)
+    # An ellipsoid turned off the axes comes back onto them, centred.
+    from scipy.spatial.transform import Rotation
+
+    matrix = Rotation.from_euler("zyx", [40, 25, -60], degrees=True).as_matrix()
+    cube = np.zeros((40, 40, 40), bool)
+    cube[8:32, 6:34, 4:36] = ellipsoid
+    back = compare.to_pose(turned(cube, matrix, (1, -2, 2))[None])[0]
+    reference = compare.to_pose(cube[None])[0]
+    assert dice(back, reference) > 0.9  # two trilinear resamplings of a small shape
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_memorisation_sees_a_copy_through_a_rotation_and_a_shift():
+    from scipy.spatial.transform import Rotation
+
+    frames = [asymmetric_cell(t) for t in range(3)]
+    matrix = Rotation.from_euler("zyx", [70, -35, 120], degrees=True).as_matrix()
+    copy = [turned(f, matrix, (2, -3, 1)) for f in frames]
+    other = [asymmetric_cell(t, arm=2.0) | turned(asymmetric_cell(t, arm=2.0), np.diag([1.0, -1.0, -1.0]), (0, 0, 0))
+             for t in range(3)]
+    grid = frames[0].shape
+    as_given = compare.dice_matrix([compact("copy", copy, grid)], [compact("real", frames, grid)])[0, 0]
+    matrix_posed = compare.dice_matrix([posed("copy", copy), posed("other", other)], [posed("real", frames)])
+    assert as_given < 0.7  # orientation-bound comparison misses the copy ...
+    assert matrix_posed[0, 0] > 0.9  # ... the posed one finds it
+    assert matrix_posed[1, 0] < matrix_posed[0, 0] - 0.1  # and another shape stays apart
+
+
 def test_compact_sequences_round_trip_and_resample():
     frames = blob_frames(3, 2, n=24)
     seq = compact("s", frames, (24, 24, 24))

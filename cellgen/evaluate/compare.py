@@ -10,6 +10,13 @@ Memorisation and diversity compare whole sequences by Dice. To make that afforda
 frames of 256^3, every frame is first resampled (nearest voxel, on the [-1, 1] coordinates every
 grid shares) to a small common grid and bit-packed (``CompactSequence``); sequences with different
 frame counts are compared at the smaller count, frames picked at the nearest normalised times.
+
+The comparison is made up to a rigid motion, since a generator places its cells at random
+orientations and a copy of a training cell turned by 90 degrees is still a copy: each sequence is
+first moved into its principal-axes pose (``principal_pose``: the centre of its occupancy over
+all frames to the grid centre, its axes of largest, middle and smallest spread along x, y, z),
+and two posed sequences are compared in the four proper rotations that the axes' signs leave
+open (``dice_matrix``).
 """
 
 from __future__ import annotations
@@ -148,10 +155,70 @@ class CompactSequence:
         n = int(np.prod(self.shape))
         return np.unpackbits(self.bits, axis=1, count=n).astype(bool).reshape((-1, *self.shape))
 
+    def flips(self) -> list[CompactSequence]:
+        """This sequence turned by each of ``PROPER_FLIPS`` (half turns about the grid centre)."""
+        frames = self.frames()
+        return [self if not axes else CompactSequence.from_frames(self.name, np.flip(frames, [a + 1 for a in axes]), self.shape)
+                for axes in PROPER_FLIPS]
+
     def resampled(self, shape: tuple[int, int, int]) -> CompactSequence:
         if tuple(shape) == self.shape:
             return self
         return CompactSequence.from_frames(self.name, self.frames(), shape)
+
+
+# The proper rotations a principal-axes pose leaves open: half turns about each axis.
+PROPER_FLIPS: tuple[tuple[int, ...], ...] = ((), (0, 1), (0, 2), (1, 2))
+
+
+def principal_pose(occupancy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(centroid in voxel indices (3,), rotation R (3, 3)) of a (Z, Y, X) occupancy (weights >= 0).
+
+    R's columns are the principal axes in the [-1, 1] coordinates of the grid, smallest spread
+    first (so the largest ends up along x), with det R = +1. An empty occupancy gives the grid
+    centre and the identity.
+    """
+    weights = np.asarray(occupancy, dtype=np.float64)
+    total = weights.sum()
+    centre_index = (np.array(weights.shape, dtype=np.float64) - 1) / 2
+    if total <= 0:
+        return centre_index, np.eye(3)
+    step = _grid_step(weights.shape)
+    index = np.nonzero(weights)
+    w = weights[index]
+    coords = np.stack(index, axis=1).astype(np.float64)
+    centroid = (w[:, None] * coords).sum(0) / total
+    centred = (coords - centroid) * step
+    covariance = (w[:, None] * centred).T @ centred / total
+    _, vectors = np.linalg.eigh(covariance)  # ascending spread
+    if np.linalg.det(vectors) < 0:
+        vectors[:, 0] = -vectors[:, 0]
+    return centroid, vectors
+
+
+def to_pose(frames: np.ndarray) -> np.ndarray:
+    """Frames (T, Z, Y, X) of one sequence moved into the pose of their summed occupancy:
+    centroid to the grid centre, principal axes along z, y, x (smallest to largest spread).
+    Trilinear resampling, kept where >= 0.5."""
+    from scipy import ndimage
+
+    frames = np.asarray(frames, dtype=bool)
+    centroid, rotation = principal_pose(frames.sum(axis=0))
+    shape = frames.shape[1:]
+    step = _grid_step(shape)
+    matrix = rotation * step[None, :] / step[:, None]  # diag(1/s) R diag(s): indices -> indices
+    centre = (np.array(shape, dtype=np.float64) - 1) / 2
+    offset = centroid - matrix @ centre
+    posed = [
+        ndimage.affine_transform(f.astype(np.float32), matrix, offset, order=1, mode="constant", cval=0.0) >= 0.5
+        for f in frames
+    ]
+    return np.stack(posed) if posed else frames
+
+
+def _grid_step(shape: Sequence[int]) -> np.ndarray:
+    """Spacing of the [-1, 1] coordinates per axis (1 for a one-voxel axis)."""
+    return np.array([2.0 / (n - 1) if n > 1 else 1.0 for n in shape], dtype=np.float64)
 
 
 def sequence_dice(a: CompactSequence, b: CompactSequence) -> float:
@@ -167,11 +234,13 @@ def sequence_dice(a: CompactSequence, b: CompactSequence) -> float:
 
 
 def dice_matrix(rows: Sequence[CompactSequence], cols: Sequence[CompactSequence]) -> np.ndarray:
-    """Sequence Dice of every row against every column."""
+    """Sequence Dice of every (posed) row against every (posed) column, up to the pose's
+    remaining half turns: the best ``sequence_dice`` over the row's ``flips``."""
     out = np.empty((len(rows), len(cols)))
     for i, a in enumerate(rows):
+        flips = a.flips()
         for j, b in enumerate(cols):
-            out[i, j] = sequence_dice(a, b)
+            out[i, j] = max(sequence_dice(f, b) for f in flips)
     return out
 
 

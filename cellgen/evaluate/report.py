@@ -56,7 +56,7 @@ from cellgen.io import (
 from cellgen.data.masks import MaskSequence, discover_sequences
 
 SETS = ("real", "synthetic")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bump when a descriptor's definition changes: cached per-sequence results become stale."""
 
 
@@ -198,7 +198,7 @@ def analyse_sequence(task: SequenceTask) -> SequenceResult:
         small.append(compare.resample_nearest(frame, grid))
         previous = frame
     temporal = sequence_descriptors([r["volume"] for r in rows], [r["components"] for r in rows], consecutive)
-    compact = CompactSequence.from_frames(seq.name, small, grid)
+    compact = CompactSequence.from_frames(seq.name, compare.to_pose(np.stack(small)), grid)
     return SequenceResult(task.set_name, seq.name, task.voxel_size, shape, rows, temporal, compact)
 
 
