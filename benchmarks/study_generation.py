@@ -1,7 +1,7 @@
 """Realism, novelty and diversity of generated cells per latent strategy (issue #6's study).
 
     .venv/bin/python benchmarks/study_generation.py DEMO_DIR [--n 12] [--lines plat,cele,filo]
-                                                    [--strategies fitted,normal,noise] [--out DIR]
+                                                    [--strategies phantoms,fitted,normal,noise] [--out DIR]
 
 DEMO_DIR is a finished ``cellgen demo`` folder (``<line>/masks`` = the training phantoms,
 ``<line>/exp`` = the trained demo model). For every line and strategy this script generates
@@ -19,7 +19,15 @@ runs ``cellgen evaluate`` against the training phantoms and prints one row:
   without rotation too. Comparing with the phantoms as they were given would miss copies
   (that is what ``cellgen evaluate``'s own check, orientation-dependent, does);
 - diversity: mean pairwise 1 - Dice within the generated set (in brackets: the training set's);
-- topology: share of frames with one component, and divisions per sequence (``cele`` divides).
+- topology: share of frames with one component, as written (``generate.debris_fraction``
+  removes small islands) and raw (the network's own output, debris_fraction 0), and divisions
+  per sequence (``cele`` divides).
+
+Each line also gets a ``phantoms`` row: ``--n`` fresh phantom sequences from the very generator
+and settings of the training set (another seed), measured the same way. That is what a perfect
+generator would score, so it is the floor of these numbers at this training-set size: with few
+training sequences the per-descriptor W1 of two independent samples of the same distribution
+is far from 0, and a generator cannot be judged below it.
 
 Everything is cached in --out (generation and evaluation skip finished work).
 """
@@ -39,6 +47,10 @@ from cellgen.layout import DemoLineDir
 from cellgen.train.checkpoint import find_checkpoint
 
 REALISM = ("volume", "surface_area", "sphericity", "elongation")
+PHANTOMS = "phantoms"
+"""The reference row: fresh phantoms instead of a strategy."""
+FRESH_SEED = 1000
+"""Added to the training phantoms' seed for the fresh ones."""
 
 
 def _grid(masks: Path) -> tuple[list[int], int]:
@@ -70,14 +82,44 @@ def training_copies(demo: Path, out: Path, line: str, settings: GenerateConfig) 
     return copies
 
 
+def fresh_phantoms(demo: Path, out: Path, line: str, n: int) -> Path:
+    """``n`` new sequences from the training phantoms' generator and settings, another seed."""
+    from cellgen.data.phantoms import write_phantoms
+
+    masks = DemoLineDir.of(demo, line).masks
+    given = json.loads((masks / "phantoms.json").read_text())
+    folder = out / line / PHANTOMS / "synthetic"
+    write_phantoms(folder, given["line"], n, given["frames"], tuple(given["size"]), int(given["seed"]) + FRESH_SEED)
+    return folder
+
+
+def one_component_share(folder: Path) -> float:
+    """Share of the mask frames under ``folder`` that are one 26-connected piece."""
+    from cellgen.evaluate.descriptors import count_components
+    from cellgen.io import read_tiff
+
+    counts = [count_components(read_tiff(f)[0] > 0) for f in sorted(folder.glob("seq_*/mask_t*.tif"))]
+    return sum(c == 1 for c in counts) / max(1, len(counts))
+
+
 def run(demo: Path, out: Path, line: str, strategy: str, settings: GenerateConfig, copies: Path) -> dict:
     dirs = DemoLineDir.of(demo, line)
     synthetic, report = out / line / strategy / "synthetic", out / line / strategy / "report"
     t0 = time.perf_counter()
-    generate_cells(GenerateRequest(checkpoint=find_checkpoint(dirs.exp), out=synthetic, progress=False,
-                                   settings=settings.model_copy(update={"strategy": strategy})))
+    if strategy == PHANTOMS:
+        synthetic = fresh_phantoms(demo, out, line, settings.n)
+        raw_single = one_component_share(synthetic)
+    else:
+        checkpoint = find_checkpoint(dirs.exp)
+        generate_cells(GenerateRequest(checkpoint=checkpoint, out=synthetic, progress=False,
+                                       settings=settings.model_copy(update={"strategy": strategy})))
+        raw = out / line / strategy / "raw"
+        generate_cells(GenerateRequest(checkpoint=checkpoint, out=raw, progress=False,
+                                       settings=settings.model_copy(update={"strategy": strategy, "debris_fraction": 0.0})))
+        raw_single = one_component_share(raw)
     summary = evaluate(dirs.masks, synthetic, report, workers=2)
-    novelty = evaluate(copies, synthetic, out / line / strategy / "novelty", workers=2)
+    # Fresh phantoms live in the training phantoms' frame, so they are compared with those.
+    novelty = summary if strategy == PHANTOMS else evaluate(copies, synthetic, out / line / strategy / "novelty", workers=2)
     seconds = time.perf_counter() - t0
     rows = read_csv_rows(report / "descriptors.csv")
     synth = [r for r in rows if r["set"] == "synthetic"]
@@ -96,6 +138,7 @@ def run(demo: Path, out: Path, line: str, strategy: str, settings: GenerateConfi
         "diversity": summary["diversity"]["synthetic"],
         "diversity_real": summary["diversity"]["real"],
         "single_component": single,
+        "single_component_raw": raw_single,
         "divisions_per_seq": sum(divisions) / max(1, len(divisions)),
         "seconds": seconds,
     }
@@ -113,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("demo", type=Path, help="a finished `cellgen demo` folder")
     parser.add_argument("--n", type=int, default=12, help="generated sequences per line and strategy")
     parser.add_argument("--lines", default="plat,cele,filo")
-    parser.add_argument("--strategies", default="fitted,normal,noise")
+    parser.add_argument("--strategies", default=f"{PHANTOMS},fitted,normal,noise",
+                        help=f"latent strategies; {PHANTOMS} = fresh phantoms (the floor)")
     parser.add_argument("--out", type=Path, default=Path("out/study_generation"))
     args = parser.parse_args(argv)
     results = []
@@ -129,14 +173,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {line} {strategy}: {results[-1]['seconds']:.0f} s", file=sys.stderr)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     header = ("| line | strategy | W1/σ volume | surface area | sphericity | elongation | NN Dice mean / max "
-              "| near copies | diversity (training) | one component | divisions / seq |")
+              "| near copies | diversity (training) | one component (raw) | divisions / seq |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for r in results:
         print(f"| {r['line']} | {r['strategy']} | {r['volume']:.2f} | {r['surface_area']:.2f} | "
               f"{r['sphericity']:.2f} | {r['elongation']:.2f} | {r['nn_dice_mean']:.2f} / {r['nn_dice_max']:.2f} "
               f"(copies {r['real_nn_other']:.2f}) | {r['near_copies']} | {r['diversity']:.2f} "
-              f"({r['diversity_real']:.2f}) | {100 * r['single_component']:.0f} % | {r['divisions_per_seq']:.2f} |")
+              f"({r['diversity_real']:.2f}) | {100 * r['single_component']:.0f} % ({100 * r['single_component_raw']:.0f} %) "
+              f"| {r['divisions_per_seq']:.2f} |")
     return 0
 
 
