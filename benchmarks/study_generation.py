@@ -1,7 +1,7 @@
 """Realism, novelty and diversity of generated cells per latent strategy (issue #6's study).
 
     .venv/bin/python benchmarks/study_generation.py DEMO_DIR [--n 12] [--lines plat,cele,filo]
-                                                    [--strategies phantoms,fitted,normal,noise] [--out DIR]
+                                                    [--strategies phantoms,fitted,mix,normal,noise] [--out DIR]
 
 DEMO_DIR is a finished ``cellgen demo`` folder (``<line>/masks`` = the training phantoms,
 ``<line>/exp`` = the trained demo model). For every line and strategy this script generates
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("demo", type=Path, help="a finished `cellgen demo` folder")
     parser.add_argument("--n", type=int, default=12, help="generated sequences per line and strategy")
     parser.add_argument("--lines", default="plat,cele,filo")
-    parser.add_argument("--strategies", default=f"{PHANTOMS},fitted,normal,noise",
+    parser.add_argument("--strategies", default=f"{PHANTOMS},fitted,mix,normal,noise",
                         help=f"latent strategies; {PHANTOMS} = fresh phantoms (the floor)")
     parser.add_argument("--out", type=Path, default=Path("out/study_generation"))
     args = parser.parse_args(argv)

@@ -196,7 +196,7 @@ class GenerateConfig(_Strict):
     """Output grid (Z, Y, X); any resolution, also non-cubic."""
     frames: int = Field(30, ge=1)
     """Time points per sequence, evenly spaced over the learned time range."""
-    strategy: Literal["normal", "fitted", "noise", "interpolate"] = "fitted"
+    strategy: Literal["normal", "fitted", "noise", "mix", "interpolate"] = "fitted"
     """How new latent codes are drawn (see README)."""
     sigma: float | None = None
     """Noise scale of the strategy (normal: 0.001, noise: 1e-4 by default)."""

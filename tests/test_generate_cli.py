@@ -181,6 +181,7 @@ def test_bad_input_gives_one_clear_line(tiny_experiment, tmp_path):  # noqa: F81
     assert "generate.size" in one_error_line(generate(tiny_experiment, tmp_path / "o", "--size", "16,0,16"))
     assert "--sigma" in one_error_line(generate(tiny_experiment, tmp_path / "o", "--sigma", -1))
     assert "generate.strategy" in one_error_line(generate(tiny_experiment, tmp_path / "o", "--strategy", "magic"))
+    assert "at most 0.5" in one_error_line(generate(tiny_experiment, tmp_path / "o", "--strategy", "mix", "--sigma", 0.7))
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     assert "cannot create output folder" in one_error_line(generate(tiny_experiment, a_file / "out", "--n", 1))

@@ -76,7 +76,27 @@ def test_interpolate_runs_from_one_learned_code_to_the_other():
         sample_latents("interpolate", learned, 5, seed=0, between=(1, 4))
 
 
-@pytest.mark.parametrize("strategy", ["normal", "fitted", "noise"])
+def test_mix_stays_between_two_distinct_learned_codes_away_from_both():
+    learned = _learned(5, 8)
+    draw = sample_latents("mix", learned, 200, seed=3)
+    weights = []
+    for code, source in zip(draw.codes, draw.sources):
+        first, second = source["between"]
+        weight = source["weight"]
+        assert first != second and 0.3 <= weight <= 0.7
+        np.testing.assert_allclose(code, (1 - weight) * learned[first] + weight * learned[second], rtol=1e-5, atol=1e-6)
+        weights.append(weight)
+    assert stats.kstest(weights, stats.uniform(0.3, 0.4).cdf).pvalue > 1e-3  # uniform weight
+    pairs = {tuple(sorted(s["between"])) for s in draw.sources}
+    assert len(pairs) == 10  # every pair of the 5 codes is drawn
+    assert all(0.45 <= s["weight"] <= 0.55 for s in sample_latents("mix", learned, 20, seed=3, sigma=0.05).sources)
+    with pytest.raises(ValueError):
+        sample_latents("mix", learned[:1], 3, seed=0)
+    with pytest.raises(ValueError):
+        sample_latents("mix", learned, 3, seed=0, sigma=0.6)
+
+
+@pytest.mark.parametrize("strategy", ["normal", "fitted", "noise", "mix"])
 def test_draws_depend_only_on_seed_and_index(strategy):
     learned = _learned(9, 12)
     few = sample_latents(strategy, learned, 4, seed=11)

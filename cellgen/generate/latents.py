@@ -11,6 +11,9 @@ Strategies (METHOD.md section 4):
   scales its spread (1 = the fitted spread).
 - ``noise``: a learned code (each round through the codes in a seeded shuffled order) plus
   N(0, sigma^2 I), sigma 1e-4 by default (the reference's recipe for filopodial cells).
+- ``mix``: a mixture of two learned codes, each sequence its own seeded pair and weight
+  w ~ U(1/2 - sigma, 1/2 + sigma), sigma 0.2 by default: a new cell between two training cells,
+  never a near copy of either (w stays away from 0 and 1).
 - ``interpolate``: ``steps`` codes on the straight line between learned codes I and J.
 """
 
@@ -21,9 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-Strategy = Literal["normal", "fitted", "noise", "interpolate"]
-STRATEGIES: tuple[str, ...] = ("normal", "fitted", "noise", "interpolate")
-DEFAULT_SIGMA = {"normal": 1e-3, "noise": 1e-4}
+Strategy = Literal["normal", "fitted", "noise", "mix", "interpolate"]
+STRATEGIES: tuple[str, ...] = ("normal", "fitted", "noise", "mix", "interpolate")
+DEFAULT_SIGMA = {"normal": 1e-3, "noise": 1e-4, "mix": 0.2}
 
 # Independent random streams per sequence.
 _LATENT, _ROTATION, _SHUFFLE = 0, 1, 2
@@ -125,6 +128,17 @@ def sample_latents(
             base = base_code_index(seed, i, count)
             codes[i] = learned[base] + sigma * sequence_rng(seed, i, _LATENT).standard_normal(dim)
             sources.append({"base_code": base})
+    elif strategy == "mix":
+        if count < 2:
+            raise ValueError("mix needs at least two learned codes")
+        if sigma > 0.5:
+            raise ValueError(f"mix: sigma is the half-width of the weight around 1/2, at most 0.5, got {sigma}")
+        for i in range(n):
+            rng = sequence_rng(seed, i, _LATENT)
+            first, second = (int(j) for j in rng.choice(count, 2, replace=False))
+            weight = float(rng.uniform(0.5 - sigma, 0.5 + sigma))
+            codes[i] = (1 - weight) * learned[first] + weight * learned[second]
+            sources.append({"between": [first, second], "weight": weight})
     else:
         if between is None:
             raise ValueError("interpolate needs the two learned codes to morph between")

@@ -126,6 +126,11 @@ def plan_generation(trained: TrainedModel, request: GenerateRequest) -> Generati
     if s.sigma is not None and not s.sigma >= 0:
         raise ConfigError("--sigma must not be negative", s.sigma, "e.g. --sigma 0.001")
     learned = trained.model.latent_codes().cpu().numpy()
+    if s.strategy == "mix":
+        if len(learned) < 2:
+            raise ConfigError("the mix strategy needs a model of at least two sequences", len(learned), "use --strategy noise")
+        if s.sigma is not None and s.sigma > 0.5:
+            raise ConfigError("mix: --sigma is the weight's half-width around 1/2, at most 0.5", s.sigma, "e.g. --sigma 0.2")
     if between is not None:
         for i in between:
             if not 0 <= i < len(learned):
