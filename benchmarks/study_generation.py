@@ -1,7 +1,7 @@
 """Realism, novelty and diversity of generated cells per latent strategy (issue #6's study).
 
     .venv/bin/python benchmarks/study_generation.py DEMO_DIR [--n 12] [--lines plat,cele,filo]
-                                                    [--strategies phantoms,fitted,mix,normal,noise] [--out DIR]
+                                                    [--strategies phantoms,fitted,mix,normal,noise] [--seed 1] [--out DIR]
 
 DEMO_DIR is a finished ``cellgen demo`` folder (``<line>/masks`` = the training phantoms,
 ``<line>/exp`` = the trained demo model). For every line and strategy this script generates
@@ -50,7 +50,7 @@ REALISM = ("volume", "surface_area", "sphericity", "elongation")
 PHANTOMS = "phantoms"
 """The reference row: fresh phantoms instead of a strategy."""
 FRESH_SEED = 1000
-"""Added to the training phantoms' seed for the fresh ones."""
+"""Times the study seed, added to the training phantoms' seed for the fresh ones."""
 
 
 def _grid(masks: Path) -> tuple[list[int], int]:
@@ -62,13 +62,13 @@ def _grid(masks: Path) -> tuple[list[int], int]:
     return list(read_tiff(frames[0])[0].shape), len(frames)
 
 
-def line_settings(demo: Path, line: str, n: int) -> GenerateConfig:
-    """The line's generate settings at the training grid and frame count, unrotated, seed 1."""
+def line_settings(demo: Path, line: str, n: int, seed: int = 1) -> GenerateConfig:
+    """The line's generate settings at the training grid and frame count, unrotated."""
     dirs = DemoLineDir.of(demo, line)
     size, frames = _grid(dirs.masks)
     return load_config(str(dirs.exp / "config.yaml"), [
         f"generate.n={n}", f"generate.size=[{size[0]},{size[1]},{size[2]}]", f"generate.frames={frames}",
-        "generate.rotate=false", "generate.seed=1"]).generate
+        "generate.rotate=false", f"generate.seed={seed}"]).generate
 
 
 def training_copies(demo: Path, out: Path, line: str, settings: GenerateConfig) -> Path:
@@ -82,14 +82,14 @@ def training_copies(demo: Path, out: Path, line: str, settings: GenerateConfig) 
     return copies
 
 
-def fresh_phantoms(demo: Path, out: Path, line: str, n: int) -> Path:
+def fresh_phantoms(demo: Path, out: Path, line: str, n: int, seed: int) -> Path:
     """``n`` new sequences from the training phantoms' generator and settings, another seed."""
     from cellgen.data.phantoms import write_phantoms
 
     masks = DemoLineDir.of(demo, line).masks
     given = json.loads((masks / "phantoms.json").read_text())
     folder = out / line / PHANTOMS / "synthetic"
-    write_phantoms(folder, given["line"], n, given["frames"], tuple(given["size"]), int(given["seed"]) + FRESH_SEED)
+    write_phantoms(folder, given["line"], n, given["frames"], tuple(given["size"]), int(given["seed"]) + FRESH_SEED * seed)
     return folder
 
 
@@ -107,7 +107,7 @@ def run(demo: Path, out: Path, line: str, strategy: str, settings: GenerateConfi
     synthetic, report = out / line / strategy / "synthetic", out / line / strategy / "report"
     t0 = time.perf_counter()
     if strategy == PHANTOMS:
-        synthetic = fresh_phantoms(demo, out, line, settings.n)
+        synthetic = fresh_phantoms(demo, out, line, settings.n, settings.seed)
         raw_single = one_component_share(synthetic)
     else:
         checkpoint = find_checkpoint(dirs.exp)
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", default="plat,cele,filo")
     parser.add_argument("--strategies", default=f"{PHANTOMS},fitted,mix,normal,noise",
                         help=f"latent strategies; {PHANTOMS} = fresh phantoms (the floor)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the draws (and of the fresh phantoms)")
     parser.add_argument("--out", type=Path, default=Path("out/study_generation"))
     args = parser.parse_args(argv)
     results = []
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if not exp.is_dir():
             print(f"skipping {line}: no {exp}", file=sys.stderr)
             continue
-        settings = line_settings(args.demo, line, args.n)
+        settings = line_settings(args.demo, line, args.n, args.seed)
         copies = training_copies(args.demo, args.out, line, settings)
         for strategy in args.strategies.split(","):
             results.append(run(args.demo, args.out, line, strategy, settings, copies))
