@@ -45,7 +45,9 @@ def run_pool(
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    started_here = _connect(ray, address)
+    from cellgen.train.ray_job import connect  # the one place cellgen calls ray.init
+
+    started_here = connect(address, quiet=True)
     actors: list[Any] = []
     try:
         workers, options, threads = _actor_options(ray, workers, use_gpu)
@@ -103,20 +105,6 @@ def run_pool(
             ray.kill(actor)
         if started_here:
             ray.shutdown()
-
-
-def _connect(ray: Any, address: str | None) -> bool:
-    """Join ``address``, reuse a running runtime, or start a local one; True if started here."""
-    if ray.is_initialized():
-        return False
-    try:
-        # "local": a fresh embedded runtime, never some other Ray that happens to run on this host.
-        ray.init(address=address or "local", log_to_driver=False, configure_logging=False, include_dashboard=False)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ClusterError(
-            "cannot connect to the Ray cluster", address or "local", f"{_first_line(err)}; is the head node up?"
-        ) from None
-    return True
 
 
 def _actor_options(ray: Any, workers: int, use_gpu: bool) -> tuple[int, dict[str, Any], int]:

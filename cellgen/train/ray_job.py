@@ -123,8 +123,11 @@ class TrainOutcome:
     metrics: dict[str, Any]
 
 
-def connect(address: str | None, dashboard_host: str = "127.0.0.1") -> bool:
-    """Join the cluster at ``address``, or reuse/start an embedded local Ray. True if started here."""
+def connect(address: str | None, dashboard_host: str = "127.0.0.1", quiet: bool = False) -> bool:
+    """Join the cluster at ``address``, or reuse/start an embedded local Ray. True if started here.
+
+    ``quiet`` (the generation pool on its own): no dashboard and no worker logs on the driver's
+    terminal, which the progress bar owns."""
     import ray
 
     os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)  # read by the driver, passed to the controller
@@ -133,12 +136,15 @@ def connect(address: str | None, dashboard_host: str = "127.0.0.1") -> bool:
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     if ray.is_initialized():
         return False
+    options: dict[str, Any] = (
+        {"log_to_driver": False, "configure_logging": False, "include_dashboard": False} if quiet else {"log_to_driver": True}
+    )
     try:
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, **options)
         else:
             # "local": always a fresh embedded instance, never some other Ray running on this host.
-            ray.init(address="local", dashboard_host=dashboard_host, log_to_driver=True)
+            ray.init(address="local", **({} if quiet else {"dashboard_host": dashboard_host}), **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ClusterError("cannot connect to the Ray cluster", address or "local",
