@@ -1,7 +1,7 @@
 """Realism, novelty and diversity of generated cells per latent strategy (issue #6's study).
 
     .venv/bin/python benchmarks/study_generation.py DEMO_DIR [--n 12] [--lines plat,cele,filo]
-                                                    [--strategies phantoms,fitted,mix,normal,noise] [--seed 1] [--out DIR]
+                                                    [--strategies phantoms,fitted,mix,normal,noise,local@0.5] [--seed 1] [--out DIR]
 
 DEMO_DIR is a finished ``cellgen demo`` folder (``<line>/masks`` = the training phantoms,
 ``<line>/exp`` = the trained demo model). For every line and strategy this script generates
@@ -22,6 +22,9 @@ runs ``cellgen evaluate`` against the training phantoms and prints one row:
 - topology: share of frames with one component, as written (``generate.debris_fraction``
   removes small islands) and raw (the network's own output, debris_fraction 0), and divisions
   per sequence (``cele`` divides).
+
+A strategy may carry its sigma after an ``@`` (``local@0.3``, ``noise@0.05``): a sweep of one
+strategy's scale is then several entries of ``--strategies``.
 
 Each line also gets a ``phantoms`` row: ``--n`` fresh phantom sequences from the very generator
 and settings of the training set (another seed), measured the same way. That is what a perfect
@@ -102,6 +105,12 @@ def one_component_share(folder: Path) -> float:
     return sum(c == 1 for c in counts) / max(1, len(counts))
 
 
+def strategy_settings(entry: str, settings: GenerateConfig) -> GenerateConfig:
+    """``fitted`` or ``local@0.3`` (strategy, then optionally its sigma) applied to ``settings``."""
+    name, _, sigma = entry.partition("@")
+    return settings.model_copy(update={"strategy": name, "sigma": float(sigma) if sigma else None})
+
+
 def run(demo: Path, out: Path, line: str, strategy: str, settings: GenerateConfig, copies: Path) -> dict:
     dirs = DemoLineDir.of(demo, line)
     synthetic, report = out / line / strategy / "synthetic", out / line / strategy / "report"
@@ -111,11 +120,11 @@ def run(demo: Path, out: Path, line: str, strategy: str, settings: GenerateConfi
         raw_single = one_component_share(synthetic)
     else:
         checkpoint = find_checkpoint(dirs.exp)
-        generate_cells(GenerateRequest(checkpoint=checkpoint, out=synthetic, progress=False,
-                                       settings=settings.model_copy(update={"strategy": strategy})))
+        chosen = strategy_settings(strategy, settings)
+        generate_cells(GenerateRequest(checkpoint=checkpoint, out=synthetic, progress=False, settings=chosen))
         raw = out / line / strategy / "raw"
         generate_cells(GenerateRequest(checkpoint=checkpoint, out=raw, progress=False,
-                                       settings=settings.model_copy(update={"strategy": strategy, "debris_fraction": 0.0})))
+                                       settings=chosen.model_copy(update={"debris_fraction": 0.0})))
         raw_single = one_component_share(raw)
     summary = evaluate(dirs.masks, synthetic, report, workers=2)
     # Fresh phantoms live in the training phantoms' frame, so they are compared with those.
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=12, help="generated sequences per line and strategy")
     parser.add_argument("--lines", default="plat,cele,filo")
     parser.add_argument("--strategies", default=f"{PHANTOMS},fitted,mix,normal,noise",
-                        help=f"latent strategies; {PHANTOMS} = fresh phantoms (the floor)")
+                        help=f"latent strategies, each optionally with @SIGMA; {PHANTOMS} = fresh phantoms (the floor)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the draws (and of the fresh phantoms)")
     parser.add_argument("--out", type=Path, default=Path("out/study_generation"))
     args = parser.parse_args(argv)

@@ -196,10 +196,11 @@ class GenerateConfig(_Strict):
     """Output grid (Z, Y, X); any resolution, also non-cubic."""
     frames: int = Field(30, ge=1)
     """Time points per sequence, evenly spaced over the learned time range."""
-    strategy: Literal["normal", "fitted", "noise", "mix", "interpolate"] = "fitted"
+    strategy: Literal["normal", "fitted", "noise", "local", "mix", "interpolate"] = "fitted"
     """How new latent codes are drawn (see README)."""
     sigma: float | None = None
-    """Noise scale of the strategy (normal: 0.001, noise: 1e-4 by default)."""
+    """Scale of the strategy (normal: 0.001, noise: 1e-4, local: 0.5 of the codes' spread, mix: 0.2
+    half-width of the weight around 1/2, fitted: 1 = the fitted spread)."""
     rotate: bool = True
     """Rotate each sequence uniformly over SO(3) (Haar measure)."""
     seed: int = 0

@@ -170,6 +170,21 @@ def test_interpolation_between_learned_sequences(tiny_experiment, tmp_path):  # 
     )
 
 
+def test_local_strategy_starts_from_learned_codes(tiny_experiment, tmp_path):  # noqa: F811
+    learned = load_trained_model(tiny_experiment).model.latent_codes().numpy()
+    runs = {}
+    for sigma in (0.0, 0.5):
+        out = tmp_path / f"local_{sigma}"
+        result = generate(tiny_experiment, out, "--strategy", "local", "--sigma", sigma, "--n", 2, "--frames", 1, "--size", 12)
+        assert result.exit_code == 0, result.output
+        runs[sigma] = json.loads((out / "manifest.json").read_text())["sequences"]
+    for copy, moved in zip(runs[0.0], runs[0.5]):
+        base = copy["source"]["base_code"]
+        assert moved["source"]["base_code"] == base  # same seed: same base, only the offset grows
+        np.testing.assert_allclose(copy["code"], learned[base], rtol=1e-6)
+        assert not np.allclose(moved["code"], learned[base], atol=1e-3)
+
+
 def test_bad_input_gives_one_clear_line(tiny_experiment, tmp_path):  # noqa: F811
     assert "experiment folder not found" in one_error_line(generate(tmp_path / "missing", tmp_path / "o"))
     empty_exp = tmp_path / "empty_exp"

@@ -66,6 +66,22 @@ def test_noise_strategy_cycles_through_every_learned_code_each_round():
     assert offsets.std() == pytest.approx(1e-4, rel=0.2)
 
 
+def test_local_moves_each_learned_code_by_sigma_times_the_codes_spread():
+    learned = _learned(6, 10)
+    fit = fit_gaussian(learned)
+    draw = sample_latents("local", learned, 6 * 800, seed=2, sigma=0.5)
+    assert draw.sigma == 0.5
+    bases = np.array([s["base_code"] for s in draw.sources])
+    assert sorted(bases[:6]) == list(range(6))  # every learned code is a base once per round
+    offsets = draw.codes - learned[bases]
+    np.testing.assert_allclose(offsets.mean(0), 0, atol=0.05 * np.sqrt(fit.covariance.diagonal()).max())
+    # the offsets follow the codes' own (shrunk) covariance, scaled by sigma^2
+    np.testing.assert_allclose(np.cov(offsets.T), 0.25 * fit.covariance, atol=0.1 * 0.25 * np.abs(fit.covariance).max())
+    copies = sample_latents("local", learned, 6, seed=2, sigma=0.0)
+    np.testing.assert_allclose(copies.codes, learned[[s["base_code"] for s in copies.sources]], rtol=1e-6)
+    assert sample_latents("local", learned, 3, seed=0).sigma == 0.5  # the default
+
+
 def test_interpolate_runs_from_one_learned_code_to_the_other():
     learned = _learned(4, 8)
     draw = sample_latents("interpolate", learned, 5, seed=0, between=(1, 3))
@@ -96,7 +112,7 @@ def test_mix_stays_between_two_distinct_learned_codes_away_from_both():
         sample_latents("mix", learned, 3, seed=0, sigma=0.6)
 
 
-@pytest.mark.parametrize("strategy", ["normal", "fitted", "noise", "mix"])
+@pytest.mark.parametrize("strategy", ["normal", "fitted", "noise", "local", "mix"])
 def test_draws_depend_only_on_seed_and_index(strategy):
     learned = _learned(9, 12)
     few = sample_latents(strategy, learned, 4, seed=11)

@@ -31,11 +31,11 @@ def generate(
     size: SizeOpt = None,
     frames: Annotated[Optional[int], typer.Option("--frames", help="Time points per sequence, spread over the learned time range.")] = None,
     strategy: Annotated[
-        Optional[str], typer.Option("--strategy", help="Latent codes: fitted, mix, normal, noise or interpolate.")
+        Optional[str], typer.Option("--strategy", help="Latent codes: fitted, local, mix, normal, noise or interpolate.")
     ] = None,
     sigma: Annotated[
         Optional[float],
-        typer.Option("--sigma", help="Noise scale (normal: 0.001, noise: 1e-4; fitted: spread factor, 1; mix: weight half-width around 1/2, 0.2)."),
+        typer.Option("--sigma", help="Noise scale (normal: 0.001, noise: 1e-4; fitted: spread factor, 1; local: share of the codes' spread around a learned code, 0.5; mix: weight half-width around 1/2, 0.2)."),
     ] = None,
     between: Annotated[
         Optional[tuple[int, int]],

@@ -11,6 +11,11 @@ Strategies (METHOD.md section 4):
   scales its spread (1 = the fitted spread).
 - ``noise``: a learned code (each round through the codes in a seeded shuffled order) plus
   N(0, sigma^2 I), sigma 1e-4 by default (the reference's recipe for filopodial cells).
+- ``local``: a learned code (chosen as in ``noise``) plus sigma times a draw of the fitted
+  Gaussian's spread (the ``fitted`` covariance, centred on that code), sigma 0.5 by default:
+  a new cell near a training cell, moved along the directions in which the learned codes
+  actually vary rather than isotropically; sigma 0 gives the training cell itself and sigma 1
+  a spread as wide as the whole code population's. The knob between copy and novelty.
 - ``mix``: a mixture of two learned codes, each sequence its own seeded pair and weight
   w ~ U(1/2 - sigma, 1/2 + sigma), sigma 0.2 by default: a new cell between two training cells,
   never a near copy of either (w stays away from 0 and 1).
@@ -24,9 +29,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-Strategy = Literal["normal", "fitted", "noise", "mix", "interpolate"]
-STRATEGIES: tuple[str, ...] = ("normal", "fitted", "noise", "mix", "interpolate")
-DEFAULT_SIGMA = {"normal": 1e-3, "noise": 1e-4, "mix": 0.2}
+Strategy = Literal["normal", "fitted", "noise", "local", "mix", "interpolate"]
+STRATEGIES: tuple[str, ...] = ("normal", "fitted", "noise", "local", "mix", "interpolate")
+DEFAULT_SIGMA = {"normal": 1e-3, "noise": 1e-4, "local": 0.5, "mix": 0.2}
 
 # Independent random streams per sequence.
 _LATENT, _ROTATION, _SHUFFLE = 0, 1, 2
@@ -128,6 +133,14 @@ def sample_latents(
             base = base_code_index(seed, i, count)
             codes[i] = learned[base] + sigma * sequence_rng(seed, i, _LATENT).standard_normal(dim)
             sources.append({"base_code": base})
+    elif strategy == "local":
+        fit = fit_gaussian(learned)
+        factor = fit.factor()
+        for i in range(n):
+            base = base_code_index(seed, i, count)
+            codes[i] = learned[base] + sigma * factor @ sequence_rng(seed, i, _LATENT).standard_normal(dim)
+            sources.append({"base_code": base})
+        details = {"shrinkage": fit.shrinkage}
     elif strategy == "mix":
         if count < 2:
             raise ValueError("mix needs at least two learned codes")
