@@ -30,6 +30,11 @@ class CellgenError(Exception):
         # One line, always: fold any newline a caller let through.
         return " ".join(text.split())
 
+    @property
+    def user_line(self) -> str:
+        """The line a user sees on stderr, the same from every entry point."""
+        return f"cellgen: error: {self.message}"
+
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.message
 

@@ -65,7 +65,7 @@ def command(name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
                     import traceback
 
                     traceback.print_exc()
-                typer.echo(f"cellgen: error: {err.message}", err=True)
+                typer.echo(err.user_line, err=True)
                 raise typer.Exit(err.exit_code) from None
             except KeyboardInterrupt:
                 typer.echo("cellgen: interrupted", err=True)

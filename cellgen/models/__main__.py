@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
     try:
         shipped = ship_demo_models(Path(argv[0]))
     except CellgenError as err:
-        print(f"cellgen: error: {err.message}", file=sys.stderr)
+        print(err.user_line, file=sys.stderr)
         return err.exit_code
     for name, path in shipped.items():
         print(f"{name}: {path}  ({path.stat().st_size / 1e6:.2f} MB, sha256 {sha256_file(path)[:16]}...)")
