@@ -153,6 +153,31 @@ def run(demo: Path, out: Path, line: str, strategy: str, settings: GenerateConfi
     }
 
 
+def plot_tradeoff(results: list[dict], path: Path) -> None:
+    """One panel per line: novelty (nearest training copy's Dice, right = closer to a copy) against
+    realism (the worst of the four W1/sigma), a point per strategy; the fresh phantoms mark what
+    a perfect generator scores at this training-set size, the dashed lines the issue's targets."""
+    from cellgen.evaluate.plots import panels, save_figure
+
+    lines = list(dict.fromkeys(r["line"] for r in results))
+    fig, axes = panels(len(lines), columns=len(lines), panel=(4.2, 3.4))
+    for ax, line in zip(axes, lines):
+        for r in (r for r in results if r["line"] == line):
+            worst = max(r[name] for name in REALISM)
+            is_floor = r["strategy"] == PHANTOMS
+            ax.scatter(r["nn_dice_mean"], worst, marker="*" if is_floor else "o", s=90 if is_floor else 30,
+                       color="black" if is_floor else "#d62728")
+            ax.annotate(r["strategy"], (r["nn_dice_mean"], worst), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0.15, color="grey", lw=0.8, ls="--")
+        ax.axvline(0.95, color="grey", lw=0.8, ls="--")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{line}: lower = more realistic, left = newer", fontsize=9)
+        ax.set_xlabel("Dice to the nearest training cell (mean)")
+        ax.set_ylabel("worst of the four W1/σ")
+    fig.subplots_adjust(left=0.06)
+    save_figure(fig, path)
+
+
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
     import csv
 
@@ -182,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run(args.demo, args.out, line, strategy, settings, copies))
             print(f"  {line} {strategy}: {results[-1]['seconds']:.0f} s", file=sys.stderr)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    plot_tradeoff(results, args.out / "tradeoff.png")
     header = ("| line | strategy | W1/σ volume | surface area | sphericity | elongation | NN Dice mean / max "
               "| near copies | diversity (training) | one component (raw) | divisions / seq |")
     print(header)

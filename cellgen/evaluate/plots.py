@@ -14,7 +14,7 @@ from cellgen.io import atomic_path
 SET_COLOURS = {"real": "#1f77b4", "synthetic": "#d62728"}
 
 
-def _figure(n_panels: int, columns: int = 4, panel: tuple[float, float] = (3.4, 2.6)):
+def panels(n_panels: int, columns: int = 4, panel: tuple[float, float] = (3.4, 2.6)):
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -34,7 +34,7 @@ def _figure(n_panels: int, columns: int = 4, panel: tuple[float, float] = (3.4, 
     return fig, axes.ravel()
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
@@ -48,7 +48,7 @@ def plot_distributions(
     """One panel per descriptor: histograms of each set (``values[set][descriptor]``), shared bins."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = _figure(len(names))
+    fig, axes = panels(len(names))
     for ax, name in zip(axes, names):
         samples = {s: finite(v[name]) for s, v in values.items()}
         pooled = np.concatenate([v for v in samples.values()] or [np.zeros(0)])
@@ -68,7 +68,7 @@ def plot_distributions(
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_over_time(
@@ -78,7 +78,7 @@ def plot_over_time(
 
     ``series[set][descriptor] = (times, values)`` with one entry per frame of every sequence.
     """
-    fig, axes = _figure(len(names))
+    fig, axes = panels(len(names))
     for ax, name in zip(axes, names):
         for set_name, per_descriptor in series.items():
             times, vals = per_descriptor[name]
@@ -96,14 +96,14 @@ def plot_over_time(
         ax.set_xlabel("time (normalised)", fontsize=7)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_nearest(
     synthetic_to_real: Sequence[float], real_to_real: Sequence[float], threshold: float, path: Path
 ) -> None:
     """Nearest-real Dice of the synthetic sequences next to the real set's own nearest-other Dice."""
-    fig, axes = _figure(1, columns=1, panel=(5.0, 3.2))
+    fig, axes = panels(1, columns=1, panel=(5.0, 3.2))
     ax = axes[0]
     bins = np.linspace(0.0, 1.0, 41)
     for label, v, colour in (
@@ -116,16 +116,16 @@ def plot_nearest(
     ax.set_xlabel("mean Dice over frames", fontsize=8)
     ax.set_ylabel("sequences", fontsize=8)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_pairs(frames: np.ndarray, dice: np.ndarray, hausdorff: np.ndarray, path: Path) -> None:
     """Dice and Hausdorff distance of matched pairs against the frame index (all pairs pooled)."""
-    fig, axes = _figure(2, columns=2)
+    fig, axes = panels(2, columns=2)
     for ax, values, name in ((axes[0], dice, "Dice"), (axes[1], hausdorff, "Hausdorff distance")):
         keep = np.isfinite(values)
         ax.scatter(frames[keep], values[keep], s=6, alpha=0.5, color=SET_COLOURS["synthetic"])
         ax.set_xlabel("frame", fontsize=8)
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
