@@ -196,7 +196,7 @@ class GenerateConfig(_Strict):
     """Output grid (Z, Y, X); any resolution, also non-cubic."""
     frames: int = Field(30, ge=1)
     """Time points per sequence, evenly spaced over the learned time range."""
-    strategy: Literal["normal", "fitted", "noise", "local", "mix", "interpolate"] = "fitted"
+    strategy: Literal["normal", "fitted", "noise", "local", "mix", "interpolate"] = "local"
     """How new latent codes are drawn (see README)."""
     sigma: float | None = None
     """Scale of the strategy (normal: 0.001, noise: 1e-4, local: 0.5 of the codes' spread, mix: 0.2

@@ -81,7 +81,7 @@ def test_manifest_records_what_reproduces_each_sequence(full_run, tiny_experimen
     trained = load_trained_model(tiny_experiment)
     assert manifest["checkpoint"]["sha256"] and manifest["checkpoint"]["path"].endswith(".pt")
     settings = manifest["settings"]
-    assert settings["strategy"] == "fitted" and settings["seed"] == 4 and settings["voxelizer"] == "adaptive"
+    assert settings["strategy"] == "local" and settings["sigma"] == 0.5 and settings["seed"] == 4 and settings["voxelizer"] == "adaptive"
     assert settings["size"] == [20, 16, 12] and settings["times"] == [-1.0, 0.0, 1.0]
     assert settings["debris_fraction"] == 0.2
     assert manifest["config"]["model"]["latent_dim"] == 8

@@ -12,10 +12,12 @@ Strategies (METHOD.md section 4):
 - ``noise``: a learned code (each round through the codes in a seeded shuffled order) plus
   N(0, sigma^2 I), sigma 1e-4 by default (the reference's recipe for filopodial cells).
 - ``local``: a learned code (chosen as in ``noise``) plus sigma times a draw of the fitted
-  Gaussian's spread (the ``fitted`` covariance, centred on that code), sigma 0.5 by default:
-  a new cell near a training cell, moved along the directions in which the learned codes
-  actually vary rather than isotropically; sigma 0 gives the training cell itself and sigma 1
-  a spread as wide as the whole code population's. The knob between copy and novelty.
+  Gaussian's spread (the ``fitted`` covariance, centred on that code). Over many sequences
+  this samples a Gaussian kernel density estimate of the learned codes, bandwidth sigma x
+  their covariance: new codes stay near where the decoder has seen cells, moved along the
+  directions in which the learned codes actually vary, instead of filling the space between
+  them as one Gaussian around their mean (``fitted``) does. sigma 0 gives the training cells
+  themselves; sigma is the knob between copy and novelty.
 - ``mix``: a mixture of two learned codes, each sequence its own seeded pair and weight
   w ~ U(1/2 - sigma, 1/2 + sigma), sigma 0.2 by default: a new cell between two training cells,
   never a near copy of either (w stays away from 0 and 1).
