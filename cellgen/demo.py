@@ -56,7 +56,15 @@ class DemoSummary:
 
 
 def line_config(request: DemoRequest, line: str) -> CellgenConfig:
-    return load_config(request.config, [f"line={line}", f"name=demo-{line}", *request.overrides])
+    """The demo config for ``line``; new cells are drawn as the line's own preset draws them
+    (``configs/<line>.yaml``: strategy and sigma were chosen per line by the generation study),
+    unless the user's overrides say otherwise."""
+    drawing: list[str] = []
+    if not any(o.startswith("generate.strategy=") for o in request.overrides):
+        preset = load_config(line).generate
+        sigma = "null" if preset.sigma is None else repr(preset.sigma)
+        drawing = [f"generate.strategy={preset.strategy}", f"generate.sigma={sigma}"]
+    return load_config(request.config, [f"line={line}", f"name=demo-{line}", *drawing, *request.overrides])
 
 
 def run_demo(request: DemoRequest, say: Callable[[str], None] = print) -> DemoSummary:

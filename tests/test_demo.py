@@ -48,3 +48,15 @@ def test_demo_rejects_unknown_line(tmp_path):
     result = CliRunner().invoke(app, ["demo", str(tmp_path), "--lines", "yeast"])
     assert result.exit_code == 2
     assert "unknown cell line" in result.output
+
+
+def test_demo_draws_each_line_as_its_preset_does_unless_told_otherwise(tmp_path):
+    from cellgen.config import load_config
+    from cellgen.demo import DemoRequest, line_config
+
+    for line in ("plat", "cele", "filo"):
+        preset, demo = load_config(line).generate, line_config(DemoRequest(out=tmp_path), line).generate
+        assert (demo.strategy, demo.sigma) == (preset.strategy, preset.sigma)
+        assert demo.size == (48, 48, 48)  # everything else stays the demo's
+    told = line_config(DemoRequest(out=tmp_path, overrides=["generate.strategy=noise"]), "plat").generate
+    assert (told.strategy, told.sigma) == ("noise", None)  # the preset's sigma does not leak into another strategy
