@@ -1,7 +1,7 @@
 """Realism, novelty and diversity of generated cells per latent strategy (issue #6's study).
 
     .venv/bin/python benchmarks/study_generation.py DEMO_DIR [--n 12] [--lines plat,cele,filo]
-                                                    [--strategies phantoms,fitted,mix,normal,noise,local@0.5] [--seed 1] [--out DIR]
+                                                    [--strategies phantoms,fitted,mix,noise,local@0.25,local@0.5,local@1.0] [--seed 1] [--out DIR]
 
 DEMO_DIR is a finished ``cellgen demo`` folder (``<line>/masks`` = the training phantoms,
 ``<line>/exp`` = the trained demo model). For every line and strategy this script generates
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("demo", type=Path, help="a finished `cellgen demo` folder")
     parser.add_argument("--n", type=int, default=12, help="generated sequences per line and strategy")
     parser.add_argument("--lines", default="plat,cele,filo")
-    parser.add_argument("--strategies", default=f"{PHANTOMS},fitted,mix,normal,noise",
+    parser.add_argument("--strategies", default=f"{PHANTOMS},fitted,mix,noise,local@0.25,local@0.5,local@1.0",
                         help=f"latent strategies, each optionally with @SIGMA; {PHANTOMS} = fresh phantoms (the floor)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the draws (and of the fresh phantoms)")
     parser.add_argument("--out", type=Path, default=Path("out/study_generation"))

@@ -31,7 +31,7 @@ def generate(
     size: SizeOpt = None,
     frames: Annotated[Optional[int], typer.Option("--frames", help="Time points per sequence, spread over the learned time range.")] = None,
     strategy: Annotated[
-        Optional[str], typer.Option("--strategy", help="Latent codes: fitted, local, mix, normal, noise or interpolate.")
+        Optional[str], typer.Option("--strategy", help="Latent codes: local, fitted, mix, normal, noise or interpolate (default: the config's; presets use local).")
     ] = None,
     sigma: Annotated[
         Optional[float],
