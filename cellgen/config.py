@@ -380,8 +380,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one ``section.key=value`` override; the value is parsed as YAML (numbers, lists)."""
     if "=" not in item:
         raise ConfigError("override must look like section.key=value", item, "e.g. --set model.omega=20")
-    key, _, text = item.partition("=")
-    parts = [p for p in key.strip().split(".") if p]
+    parts = override_key(item)
+    text = item.partition("=")[2]
     if not parts:
         raise ConfigError("override has an empty key", item, "e.g. --set model.omega=20")
     try:
@@ -397,6 +397,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise ConfigError("override goes below a value that is not a section", item)
         node = child
     node[parts[-1]] = value
+
+
+def override_key(item: str) -> tuple[str, ...]:
+    """The dotted key of a ``section.key=value`` override, as :func:`apply_override` reads it
+    (``" generate.strategy =x"`` -> ``("generate", "strategy")``)."""
+    return tuple(p for p in item.partition("=")[0].strip().split(".") if p)
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> CellgenConfig:

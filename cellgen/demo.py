@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cellgen.config import CellgenConfig, load_config
+from cellgen.config import CellgenConfig, load_config, override_key
 from cellgen.errors import ConfigError
 from cellgen.io import ensure_writable_dir, write_text_atomic
 from cellgen.layout import DemoLineDir, ExperimentDir
@@ -60,7 +60,7 @@ def line_config(request: DemoRequest, line: str) -> CellgenConfig:
     (``configs/<line>.yaml``: strategy and sigma were chosen per line by the generation study),
     unless the user's overrides say otherwise."""
     drawing: list[str] = []
-    if not any(o.startswith("generate.strategy=") for o in request.overrides):
+    if ("generate", "strategy") not in {override_key(o) for o in request.overrides}:
         preset = load_config(line).generate
         sigma = "null" if preset.sigma is None else repr(preset.sigma)
         drawing = [f"generate.strategy={preset.strategy}", f"generate.sigma={sigma}"]

@@ -60,3 +60,5 @@ def test_demo_draws_each_line_as_its_preset_does_unless_told_otherwise(tmp_path)
         assert demo.size == (48, 48, 48)  # everything else stays the demo's
     told = line_config(DemoRequest(out=tmp_path, overrides=["generate.strategy=noise"]), "plat").generate
     assert (told.strategy, told.sigma) == ("noise", None)  # the preset's sigma does not leak into another strategy
+    spaced = line_config(DemoRequest(out=tmp_path, overrides=[" generate.strategy = noise"]), "plat").generate
+    assert (spaced.strategy, spaced.sigma) == ("noise", None)  # recognised as --set parses it
